@@ -1,0 +1,478 @@
+package main
+
+// The end-to-end harness: tests run the real sluice binary as a subprocess
+// against the shared Redis (each daemon with its own key prefix) and talk to
+// it over HTTP, the way an operator would.
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/sluice-io/sluice/broker/supervisor"
+	"github.com/sluice-io/sluice/dispatch"
+	"github.com/sluice-io/sluice/source"
+)
+
+// sluiceBin is the binary under test, built once by buildSluice.
+var (
+	sluiceBin  string
+	buildOnce  sync.Once
+	buildError error
+)
+
+func buildSluice(t testing.TB) string {
+	t.Helper()
+	buildOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "sluice-e2e-*")
+		if err != nil {
+			buildError = err
+			return
+		}
+		sluiceBin = filepath.Join(dir, "sluice")
+		out, err := exec.Command("go", "build", "-o", sluiceBin, ".").CombinedOutput()
+		if err != nil {
+			buildError = fmt.Errorf("go build: %v\n%s", err, out)
+		}
+	})
+	if buildError != nil {
+		t.Fatal(buildError)
+	}
+	return sluiceBin
+}
+
+// daemon is one sluice serve process and what a test needs to drive it.
+type daemon struct {
+	t      testing.TB
+	Prefix string
+	Key    string
+	URL    string
+	RDB    *redis.Client
+	env    []string
+
+	mu     sync.Mutex
+	cmd    *exec.Cmd
+	logs   *lockedBuffer
+	exited chan struct{}
+	err    error
+}
+
+// startDaemon starts sluice serve on a free port with its own key prefix in
+// the shared Redis; extra are additional KEY=VALUE environment variables.
+// The daemon is killed and its keys removed when the test ends.
+func startDaemon(t testing.TB, extra ...string) *daemon {
+	t.Helper()
+	bin := buildSluice(t)
+	var b [6]byte
+	_, _ = rand.Read(b[:])
+	id := hex.EncodeToString(b[:])
+	port := freePort(t)
+	d := &daemon{
+		t:      t,
+		Prefix: "test:e2e:" + id,
+		Key:    "key-" + id,
+		URL:    fmt.Sprintf("http://127.0.0.1:%d", port),
+		RDB:    redis.NewClient(&redis.Options{Addr: "127.0.0.1:6379"}),
+		logs:   &lockedBuffer{},
+	}
+	d.env = append(os.Environ(),
+		fmt.Sprintf("SLUICE_LISTEN=127.0.0.1:%d", port),
+		"SLUICE_REDIS_URL=redis://127.0.0.1:6379/0",
+		"SLUICE_PREFIX="+d.Prefix,
+		"SLUICE_API_KEYS="+d.Key,
+		"SLUICE_PUBLIC_URL=http://sluice.test",
+		"SLUICE_LOG_LEVEL=debug",
+	)
+	d.env = append(d.env, extra...)
+	for _, kv := range extra {
+		if url, ok := strings.CutPrefix(kv, "SLUICE_REDIS_URL="); ok {
+			opt, err := redis.ParseURL(url)
+			if err != nil {
+				t.Fatal(err)
+			}
+			_ = d.RDB.Close()
+			d.RDB = redis.NewClient(opt)
+		}
+	}
+	t.Cleanup(func() {
+		d.Kill()
+		ctx := context.Background()
+		for _, pattern := range []string{d.Prefix + "*", "{" + d.Prefix + "*"} {
+			keys, _ := d.RDB.Keys(ctx, pattern).Result()
+			if len(keys) > 0 {
+				d.RDB.Del(ctx, keys...)
+			}
+		}
+		_ = d.RDB.Close()
+		if t.Failed() {
+			t.Logf("sluice logs:\n%s", d.Logs())
+		}
+		_ = bin
+	})
+	d.Start()
+	return d
+}
+
+// Start (re)starts the process with the same port, prefix and key, and waits
+// until it is ready.
+func (d *daemon) Start() {
+	d.t.Helper()
+	cmd := exec.Command(sluiceBin, "serve")
+	cmd.Env = d.env
+	cmd.Stdout = d.logs
+	cmd.Stderr = d.logs
+	if err := cmd.Start(); err != nil {
+		d.t.Fatalf("start sluice: %v", err)
+	}
+	exited := make(chan struct{})
+	d.mu.Lock()
+	d.cmd, d.exited, d.err = cmd, exited, nil
+	d.mu.Unlock()
+	go func() {
+		err := cmd.Wait()
+		d.mu.Lock()
+		d.err = err
+		d.mu.Unlock()
+		close(exited)
+	}()
+	d.WaitReady()
+}
+
+// WaitReady polls /readyz until it answers 200.
+func (d *daemon) WaitReady() {
+	d.t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		resp, err := http.Get(d.URL + "/readyz")
+		if err == nil {
+			_ = resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return
+			}
+		}
+		select {
+		case <-d.exitedCh():
+			d.t.Fatalf("sluice exited before it was ready: %v\n%s", d.exitErr(), d.Logs())
+		default:
+		}
+		if time.Now().After(deadline) {
+			d.t.Fatalf("sluice not ready after 30s: %v\n%s", err, d.Logs())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func (d *daemon) exitedCh() chan struct{} {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.exited
+}
+
+func (d *daemon) exitErr() error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.err
+}
+
+// Kill sends SIGKILL and waits for the process to be gone.
+func (d *daemon) Kill() {
+	d.mu.Lock()
+	cmd, exited := d.cmd, d.exited
+	d.mu.Unlock()
+	if cmd == nil {
+		return
+	}
+	_ = cmd.Process.Signal(syscall.SIGKILL)
+	<-exited
+}
+
+// Signal sends sig and returns a channel closed when the process has exited.
+func (d *daemon) Signal(sig os.Signal) <-chan struct{} {
+	d.mu.Lock()
+	cmd, exited := d.cmd, d.exited
+	d.mu.Unlock()
+	if err := cmd.Process.Signal(sig); err != nil {
+		d.t.Fatalf("signal sluice: %v", err)
+	}
+	return exited
+}
+
+// ExitCode is the exit code of the last process, -1 while it runs or when a
+// signal ended it.
+func (d *daemon) ExitCode() int {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.cmd == nil || d.cmd.ProcessState == nil {
+		return -1
+	}
+	return d.cmd.ProcessState.ExitCode()
+}
+
+// Logs returns everything the daemon printed so far, across restarts.
+func (d *daemon) Logs() string { return d.logs.String() }
+
+// Do sends an authenticated API request; body is JSON-encoded unless it is a
+// string or nil. It returns the status code and the raw response body.
+func (d *daemon) Do(method, path string, body any) (int, []byte) {
+	d.t.Helper()
+	var r io.Reader
+	switch b := body.(type) {
+	case nil:
+	case string:
+		r = strings.NewReader(b)
+	default:
+		enc, err := json.Marshal(b)
+		if err != nil {
+			d.t.Fatal(err)
+		}
+		r = bytes.NewReader(enc)
+	}
+	req, err := http.NewRequest(method, d.URL+path, r)
+	if err != nil {
+		d.t.Fatal(err)
+	}
+	req.Header.Set("Authorization", "Bearer "+d.Key)
+	if r != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		d.t.Fatalf("%s %s: %v", method, path, err)
+	}
+	defer resp.Body.Close()
+	out, err := io.ReadAll(resp.Body)
+	if err != nil {
+		d.t.Fatal(err)
+	}
+	return resp.StatusCode, out
+}
+
+// envelope is the API's response envelope.
+type envelope[T any] struct {
+	Message string `json:"message"`
+	Status  bool   `json:"status"`
+	Data    T      `json:"data"`
+}
+
+// CreateSource creates a source in project and returns it as the API did.
+func (d *daemon) CreateSource(project string, body any) source.Source {
+	d.t.Helper()
+	code, out := d.Do(http.MethodPost, "/api/v1/projects/"+project+"/sources", body)
+	if code != http.StatusCreated {
+		d.t.Fatalf("create source: %d %s", code, out)
+	}
+	var env envelope[source.Source]
+	if err := json.Unmarshal(out, &env); err != nil {
+		d.t.Fatalf("decode create response: %v: %s", err, out)
+	}
+	return env.Data
+}
+
+// Status returns the live status of a source.
+func (d *daemon) Status(project, id string) supervisor.SourceStatus {
+	d.t.Helper()
+	code, out := d.Do(http.MethodGet, "/api/v1/projects/"+project+"/sources/"+id+"/status", nil)
+	if code != http.StatusOK {
+		d.t.Fatalf("status: %d %s", code, out)
+	}
+	var env envelope[supervisor.SourceStatus]
+	if err := json.Unmarshal(out, &env); err != nil {
+		d.t.Fatalf("decode status: %v: %s", err, out)
+	}
+	return env.Data
+}
+
+// WaitStatus polls the status until cond holds.
+func (d *daemon) WaitStatus(project, id string, timeout time.Duration, what string, cond func(supervisor.SourceStatus) bool) supervisor.SourceStatus {
+	d.t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		st := d.Status(project, id)
+		if cond(st) {
+			return st
+		}
+		if time.Now().After(deadline) {
+			d.t.Fatalf("source %s: %s not reached within %s; status %+v", id, what, timeout, st)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// StreamKey is the dispatch stream of this daemon.
+func (d *daemon) StreamKey() string { return d.Prefix + ":dispatch" }
+
+// DeadLetterKey is the dead-letter stream of this daemon.
+func (d *daemon) DeadLetterKey() string { return d.Prefix + ":deadletter" }
+
+// WaitStream waits until the dispatch stream holds at least n entries.
+func (d *daemon) WaitStream(n int64, timeout time.Duration) {
+	d.t.Helper()
+	deadline := time.Now().Add(timeout)
+	var got int64
+	for {
+		got, _ = d.RDB.XLen(context.Background(), d.StreamKey()).Result()
+		if got >= n {
+			return
+		}
+		if time.Now().After(deadline) {
+			d.t.Fatalf("dispatch stream holds %d entries after %s, want %d", got, timeout, n)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// Events reads the whole dispatch stream.
+func (d *daemon) Events() []dispatch.Event {
+	d.t.Helper()
+	entries, err := d.RDB.XRange(context.Background(), d.StreamKey(), "-", "+").Result()
+	if err != nil {
+		d.t.Fatalf("read dispatch stream: %v", err)
+	}
+	out := make([]dispatch.Event, 0, len(entries))
+	for _, e := range entries {
+		ev, err := dispatch.ParseEntry(e.Values)
+		if err != nil {
+			d.t.Fatalf("entry %s: %v", e.ID, err)
+		}
+		out = append(out, ev)
+	}
+	return out
+}
+
+// RequireExactlyOnce checks that the stream holds exactly the events whose
+// data carry the sequence numbers 0..n-1 (field "seq" of data), each once.
+func (d *daemon) RequireExactlyOnce(n int) []dispatch.Event {
+	d.t.Helper()
+	events := d.Events()
+	seen := make(map[int]int, n)
+	for _, ev := range events {
+		var data struct {
+			Seq *int `json:"seq"`
+		}
+		if err := json.Unmarshal(ev.Data, &data); err != nil || data.Seq == nil {
+			d.t.Fatalf("event %s: data %s has no seq", ev.ID, ev.Data)
+		}
+		seen[*data.Seq]++
+	}
+	var missing, dups int
+	for i := range n {
+		switch c := seen[i]; {
+		case c == 0:
+			missing++
+		case c > 1:
+			dups += c - 1
+		}
+	}
+	if missing > 0 || dups > 0 || len(events) != n {
+		d.t.Fatalf("dispatch stream: %d entries for %d messages: %d missing, %d duplicated", len(events), n, missing, dups)
+	}
+	return events
+}
+
+// messageBody is the body of test message seq in Convoy's pub/sub format;
+// RequireExactlyOnce counts messages by that seq.
+func messageBody(seq int) []byte {
+	return fmt.Appendf(nil, `{"endpoint_id":"ep-1","event_type":"test.event","data":{"seq":%d}}`, seq)
+}
+
+// privateRedis is a redis-server of one test's own, so the test can stop it
+// without touching the shared one.
+type privateRedis struct {
+	t    testing.TB
+	Port int
+	dir  string
+	cmd  *exec.Cmd
+	done chan struct{}
+}
+
+// startPrivateRedis starts redis-server on a free port; it is stopped when
+// the test ends.
+func startPrivateRedis(t testing.TB) *privateRedis {
+	t.Helper()
+	r := &privateRedis{t: t, Port: freePort(t), dir: t.TempDir()}
+	r.Start()
+	t.Cleanup(r.Stop)
+	return r
+}
+
+// URL is the go-redis URL of the server.
+func (r *privateRedis) URL() string { return fmt.Sprintf("redis://127.0.0.1:%d/0", r.Port) }
+
+// Start starts the server (again, on the same port) and waits until it answers.
+func (r *privateRedis) Start() {
+	r.t.Helper()
+	// An append-only file that is synced on every write lets a stopped
+	// server come back with everything it had acknowledged.
+	r.cmd = exec.Command("redis-server", "--port", fmt.Sprint(r.Port), "--bind", "127.0.0.1",
+		"--dir", r.dir, "--save", "", "--appendonly", "yes", "--appendfsync", "always")
+	if err := r.cmd.Start(); err != nil {
+		r.t.Fatalf("start redis-server: %v", err)
+	}
+	r.done = make(chan struct{})
+	go func(cmd *exec.Cmd, done chan struct{}) { _ = cmd.Wait(); close(done) }(r.cmd, r.done)
+	rdb := redis.NewClient(&redis.Options{Addr: fmt.Sprintf("127.0.0.1:%d", r.Port)})
+	defer rdb.Close()
+	deadline := time.Now().Add(10 * time.Second)
+	for rdb.Ping(context.Background()).Err() != nil {
+		if time.Now().After(deadline) {
+			r.t.Fatal("private redis-server did not answer within 10s")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// Stop shuts the server down (SIGTERM); clients get connection refused
+// until Start brings it back with its data.
+func (r *privateRedis) Stop() {
+	if r.cmd == nil {
+		return
+	}
+	_ = r.cmd.Process.Signal(syscall.SIGTERM)
+	<-r.done
+	r.cmd = nil
+}
+
+// freePort returns a TCP port nothing listens on right now.
+func freePort(t testing.TB) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+// lockedBuffer collects a process's output.
+type lockedBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *lockedBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
