@@ -298,10 +298,12 @@ func ParseEntry(values map[string]any) (Event, error) {
 		EndpointID:      s("endpoint_id"),
 		OwnerID:         s("owner_id"),
 		EventType:       s("event_type"),
-		Data:            json.RawMessage(s("data")),
 		IdempotencyKey:  s("idempotency_key"),
 		Broker:          s("broker"),
 		BrokerMessageID: s("broker_message_id"),
+	}
+	if d := s("data"); d != "" {
+		ev.Data = json.RawMessage(d)
 	}
 	if h := s("headers"); h != "" {
 		if err := json.Unmarshal([]byte(h), &ev.Headers); err != nil {
