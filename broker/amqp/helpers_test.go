@@ -200,20 +200,29 @@ func event(id string, seq int) amqp091.Publishing {
 // rabbitmqctl runs the broker's CLI (slow: seconds per call).
 func rabbitmqctl(tb testing.TB, args ...string) string {
 	tb.Helper()
+	out, err := rabbitmqctlErr(args...)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return out
+}
+
+// rabbitmqctlErr is rabbitmqctl for goroutines other than the test's.
+func rabbitmqctlErr(args ...string) (string, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	out, err := exec.CommandContext(ctx, "rabbitmqctl", append([]string{"-q"}, args...)...).CombinedOutput()
 	if err != nil {
-		tb.Fatalf("rabbitmqctl %s: %v\n%s", args[0], err, out)
+		return "", fmt.Errorf("rabbitmqctl %s: %w\n%s", args[0], err, out)
 	}
-	return string(out)
+	return string(out), nil
 }
 
-// connectionsNamed lists the broker's names of the connections whose
+// connectionsNamed lists the broker pids of the connections whose
 // client-provided connection_name is name.
 func connectionsNamed(tb testing.TB, name string) []string {
 	tb.Helper()
-	out := rabbitmqctl(tb, "list_connections", "--no-table-headers", "name", "client_properties")
+	out := rabbitmqctl(tb, "list_connections", "--no-table-headers", "pid", "client_properties")
 	var names []string
 	sc := bufio.NewScanner(strings.NewReader(out))
 	sc.Buffer(make([]byte, 1<<20), 1<<20)
@@ -273,7 +282,8 @@ type dispatchHandler struct {
 	sourceID string
 	reject   bool
 
-	written  atomic.Int64 // events newly written to the stream
+	written    atomic.Int64 // events newly written to the stream
+	duplicates atomic.Int64 // redeliveries the dedupe absorbed
 	failures atomic.Int64 // Failing reports
 	healthy  atomic.Int64
 	target   int64
@@ -314,6 +324,8 @@ func (h *dispatchHandler) Handle(ctx context.Context, batch []broker.Message) ([
 		for _, o := range out {
 			if o == dispatch.Written {
 				n++
+			} else {
+				h.duplicates.Add(1)
 			}
 		}
 		if h.written.Add(n) >= h.target {
