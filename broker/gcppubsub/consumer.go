@@ -259,7 +259,7 @@ type batcher struct {
 	batch   []broker.Message
 	attempt int           // consecutive failed batches
 	delay   time.Duration // the pause after the last failed batch
-	failing bool // whether h.Failing was the last report
+	failing bool          // whether h.Failing was the last report
 }
 
 // run hands batches to the Handler until Receive has returned (ctx done or
