@@ -284,11 +284,11 @@ type dispatchHandler struct {
 
 	written    atomic.Int64 // events newly written to the stream
 	duplicates atomic.Int64 // redeliveries the dedupe absorbed
-	failures atomic.Int64 // Failing reports
-	healthy  atomic.Int64
-	target   int64
-	done     chan struct{}
-	once     sync.Once
+	failures   atomic.Int64 // Failing reports
+	healthy    atomic.Int64
+	target     int64
+	done       chan struct{}
+	once       sync.Once
 
 	mu      sync.Mutex
 	lastErr error
