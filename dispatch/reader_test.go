@@ -195,7 +195,9 @@ func TestTail(t *testing.T) {
 		out := &syncBuffer{}
 		tctx, cancel := context.WithCancel(ctx)
 		done := make(chan error, 1)
-		go func() { done <- Tail(tctx, rdb, TailOptions{Prefix: prefix, From: from, Block: 20 * time.Millisecond}, out) }()
+		go func() {
+			done <- Tail(tctx, rdb, TailOptions{Prefix: prefix, From: from, Block: 20 * time.Millisecond}, out)
+		}()
 		return out, func() {
 			cancel()
 			if err := <-done; err != nil {
@@ -209,20 +211,27 @@ func TestTail(t *testing.T) {
 	fromNow, stopNow := tail("")
 	defer stopNow()
 
-	fresh := testEvent(t, "new", "m-new", `{"html":"<b>&</b>","n":[1, 2]}`)
-	fresh.Headers["x-custom"] = "c"
-	if _, err := q.Enqueue(ctx, []Event{fresh}); err != nil {
-		t.Fatal(err)
-	}
-	waitFor(t, "the new entry in both tails", func() bool {
-		return len(fromStart.lines()) == 5 && len(fromNow.lines()) == 1
+	// The "from now" tail starts asynchronously: keep adding events until it
+	// shows one; it must never show the entries that were there before.
+	var fresh []Event
+	waitFor(t, "a new entry in the tail from now", func() bool {
+		ev := testEvent(t, "new", fmt.Sprintf("m-%d", len(fresh)), `{"html":"<b>&</b>","n":[1, 2]}`)
+		ev.Headers["x-custom"] = "c"
+		if _, err := q.Enqueue(ctx, []Event{ev}); err != nil {
+			t.Fatal(err)
+		}
+		fresh = append(fresh, ev)
+		return len(fromNow.lines()) > 0
 	})
-
+	waitFor(t, "every new entry in the tail from the start", func() bool {
+		return len(fromStart.lines()) == 4+len(fresh)
+	})
 	var bad map[string]any
 	if err := json.Unmarshal([]byte(fromStart.lines()[3]), &bad); err != nil || !strings.Contains(fmt.Sprint(bad["error"]), "unknown envelope version") {
 		t.Fatalf("unparsable entry line = %s (%v)", fromStart.lines()[3], err)
 	}
-	line := fromNow.lines()[0]
+	lines := fromNow.lines()
+	line := lines[len(lines)-1]
 	var got struct {
 		EntryID string          `json:"entry_id"`
 		Data    json.RawMessage `json:"data"`
@@ -231,7 +240,16 @@ func TestTail(t *testing.T) {
 	if err := json.Unmarshal([]byte(line), &got); err != nil {
 		t.Fatalf("line %s: %v", line, err)
 	}
-	if got.EntryID == "" || got.ID != fresh.ID || got.SourceID != "new" || got.Headers["x-custom"] != "c" ||
+	for _, l := range lines {
+		if !strings.Contains(l, `"source_id":"new"`) {
+			t.Fatalf("tail from now printed an older entry: %s", l)
+		}
+	}
+	isFresh := false
+	for _, ev := range fresh {
+		isFresh = isFresh || ev.ID == got.ID
+	}
+	if got.EntryID == "" || !isFresh || got.SourceID != "new" || got.Headers["x-custom"] != "c" ||
 		string(got.Data) != `{"html":"<b>&</b>","n":[1,2]}` || got.V != Version {
 		t.Fatalf("tail line = %s", line)
 	}
