@@ -130,6 +130,7 @@ func (c *Consumer) Run(ctx context.Context, h broker.Handler) error {
 		if ctx.Err() != nil {
 			return nil
 		}
+		h.Failing(err)
 		return err
 	}
 	c.lag.Store(nil)
