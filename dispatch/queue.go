@@ -360,9 +360,9 @@ func (q *Queue) observe(n int64) {
 		q.pressured.Store(true)
 		q.log.Warn("backpressure engaged", "stream", q.keys.stream(), "length", n, "high_water", q.high)
 	case q.release != nil && n < q.low:
+		q.pressured.Store(false)
 		close(q.release)
 		q.release = nil
-		q.pressured.Store(false)
 		q.log.Info("backpressure released", "stream", q.keys.stream(), "length", n, "low_water", q.low)
 	}
 }
