@@ -182,7 +182,7 @@ func (c *Consumer) Run(ctx context.Context, h broker.Handler) error {
 		}
 		return err
 	}
-	w := &worker{Consumer: c, h: h, url: queueURL, held: newInFlight()}
+	w := &worker{Consumer: c, h: h, url: queueURL, held: newInFlight(), recovered: make(chan struct{}, 1)}
 	return w.run(ctx)
 }
 
@@ -206,9 +206,11 @@ type worker struct {
 	h    broker.Handler
 	url  string
 	held *inFlight
-	// handleFailing is set while the Handler fails a batch, so that a
-	// successful receive does not report the worker healthy meanwhile.
+	// handleFailing is set while the Handler fails a batch: the receive
+	// loop does not fetch more meanwhile (nor report the worker healthy),
+	// and recovered wakes it when the Handler succeeds again.
 	handleFailing atomic.Bool
+	recovered     chan struct{}
 }
 
 func (w *worker) run(parent context.Context) error {
@@ -264,6 +266,13 @@ func (w *worker) run(parent context.Context) error {
 func (w *worker) receiveLoop(stop, recv context.Context, out chan<- []received) error {
 	defer close(out)
 	for attempt := 0; stop.Err() == nil; {
+		for w.handleFailing.Load() {
+			select {
+			case <-w.recovered:
+			case <-stop.Done():
+				return nil
+			}
+		}
 		got, err := w.receive(recv)
 		if err != nil {
 			if recv.Err() != nil {
@@ -332,17 +341,19 @@ func (w *worker) settleLoop(stop, detached context.Context, in <-chan []received
 	var carry []received
 	for {
 		batch, open := w.gather(stop, in, &carry)
-		if len(batch) > 0 {
-			w.settle(stop, detached, batch)
+		if len(batch) > 0 && !w.settle(stop, detached, batch) {
+			carry = append(carry, batch...)
 		}
 		if !open || stop.Err() != nil {
 			break
 		}
 	}
-	w.release(detached, carry)
+	// Release only once the receive loop is done, so that no receive of
+	// ours is in flight to take the released messages back.
 	for chunk := range in {
-		w.release(detached, chunk)
+		carry = append(carry, chunk...)
 	}
+	w.release(detached, carry)
 }
 
 // gather returns the next batch: up to Batch.Size messages, handed over
@@ -394,8 +405,9 @@ func (w *worker) gather(stop context.Context, in <-chan []received, carry *[]rec
 
 // settle hands batch to the Handler until it succeeds, retrying a failure
 // after a backoff, then deletes what was settled. Once stop is done it tries
-// the batch once more and releases it if that fails too.
-func (w *worker) settle(stop, detached context.Context, batch []received) {
+// the batch once more and, if that fails too, returns false: the batch is
+// unsettled and must be released.
+func (w *worker) settle(stop, detached context.Context, batch []received) bool {
 	msgs := make([]broker.Message, len(batch))
 	for i, r := range batch {
 		msgs[i] = r.msg
@@ -404,26 +416,36 @@ func (w *worker) settle(stop, detached context.Context, batch []received) {
 	for attempt := 0; ; attempt++ {
 		results, err := w.handle(hctx, msgs)
 		if err == nil {
-			if w.handleFailing.Swap(false) {
-				w.h.Healthy()
-			}
+			w.recover()
 			w.ack(detached, batch, results)
-			return
+			return true
 		}
 		w.handleFailing.Store(true)
 		w.h.Failing(err)
 		if stop.Err() != nil {
-			w.release(detached, batch)
-			return
+			return false
 		}
 		w.log.Warn("handing over a batch failed; retrying it", "messages", len(batch), "attempt", attempt+1, "err", err)
 		if !w.cfg.Backoff.Sleep(stop, attempt) {
-			if results, err := w.handle(hctx, msgs); err == nil {
-				w.ack(detached, batch, results)
-			} else {
-				w.release(detached, batch)
+			results, err := w.handle(hctx, msgs)
+			if err != nil {
+				return false
 			}
-			return
+			w.recover()
+			w.ack(detached, batch, results)
+			return true
+		}
+	}
+}
+
+// recover records that the Handler succeeded again and wakes a receive
+// loop paused by its failures.
+func (w *worker) recover() {
+	if w.handleFailing.Swap(false) {
+		w.h.Healthy()
+		select {
+		case w.recovered <- struct{}{}:
+		default:
 		}
 	}
 }
