@@ -102,7 +102,7 @@ func TestEnqueueConcurrentSameBatchWritesOnce(t *testing.T) {
 	errs := make([]error, workers)
 	start := make(chan struct{})
 	for w := range workers {
-		// Every goroutine is a replica with its own Queue and connection.
+		// Every goroutine is a replica with its own Queue (and pooled connection).
 		q := New(rdb, Options{Prefix: prefix})
 		wg.Go(func() {
 			<-start
