@@ -332,13 +332,14 @@ func TestBackpressureEngagesAndReleases(t *testing.T) {
 // keeps an append-only file fsynced on every write in a directory that
 // outlives restarts, as a persistent production Redis would.
 type privateRedis struct {
-	tb   testing.TB
-	port int
-	dir  string
-	cmd  *exec.Cmd
+	tb    testing.TB
+	port  int
+	dir   string
+	extra []string // more redis-server arguments
+	cmd   *exec.Cmd
 }
 
-func startPrivateRedis(tb testing.TB) *privateRedis {
+func startPrivateRedis(tb testing.TB, extra ...string) *privateRedis {
 	tb.Helper()
 	if _, err := exec.LookPath("redis-server"); err != nil {
 		tb.Skip("redis-server not installed")
@@ -349,7 +350,7 @@ func startPrivateRedis(tb testing.TB) *privateRedis {
 	}
 	port := l.Addr().(*net.TCPAddr).Port
 	_ = l.Close()
-	r := &privateRedis{tb: tb, port: port, dir: tb.TempDir()}
+	r := &privateRedis{tb: tb, port: port, dir: tb.TempDir(), extra: extra}
 	r.start()
 	tb.Cleanup(r.stop)
 	return r
@@ -360,8 +361,9 @@ func (r *privateRedis) addr() string { return "127.0.0.1:" + strconv.Itoa(r.port
 // start starts the server on its port and waits until it answers.
 func (r *privateRedis) start() {
 	r.tb.Helper()
-	r.cmd = exec.Command("redis-server", "--port", strconv.Itoa(r.port), "--bind", "127.0.0.1",
-		"--save", "", "--appendonly", "yes", "--appendfsync", "always", "--dir", r.dir)
+	args := append([]string{"--port", strconv.Itoa(r.port), "--bind", "127.0.0.1",
+		"--save", "", "--appendonly", "yes", "--appendfsync", "always", "--dir", r.dir}, r.extra...)
+	r.cmd = exec.Command("redis-server", args...)
 	if err := r.cmd.Start(); err != nil {
 		r.tb.Fatal(err)
 	}
