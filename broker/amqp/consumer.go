@@ -183,6 +183,7 @@ func (c *Consumer) session(ctx context.Context, h broker.Handler) (consumed bool
 		return false, fmt.Errorf("set prefetch %d: %w", c.cfg.Prefetch, err)
 	}
 	closed := ch.NotifyClose(make(chan *amqp091.Error, 1))
+	cancelled := ch.NotifyCancel(make(chan string, 1))
 	deliveries, err := ch.Consume(c.cfg.Queue, "", false, false, false, false, nil)
 	if err != nil {
 		return false, fmt.Errorf("consume queue %q: %w", c.cfg.Queue, err)
@@ -198,7 +199,7 @@ func (c *Consumer) session(ctx context.Context, h broker.Handler) (consumed bool
 	defer wg.Wait()
 	defer stopLag()
 
-	s := &loop{c: c, h: h, ch: ch, deliveries: deliveries, closed: closed}
+	s := &loop{c: c, h: h, ch: ch, deliveries: deliveries, closed: closed, cancelled: cancelled}
 	return true, s.run(ctx)
 }
 
@@ -287,6 +288,7 @@ type loop struct {
 	ch         *amqp091.Channel
 	deliveries <-chan amqp091.Delivery
 	closed     <-chan *amqp091.Error
+	cancelled  <-chan string
 
 	batch []amqp091.Delivery
 	msgs  []broker.Message
@@ -416,11 +418,16 @@ func (l *loop) settle(results []broker.Result) error {
 	return nil
 }
 
-// closeError waits briefly for the reason the channel closed.
+// closeError waits briefly for the reason the deliveries stopped.
 func (l *loop) closeError() error {
 	select {
 	case e := <-l.closed:
 		return closeErr(e)
+	case _, ok := <-l.cancelled:
+		if !ok { // closed together with the channel
+			return closeErr(<-l.closed)
+		}
+		return fmt.Errorf("the broker cancelled the consumer of queue %q (was it deleted?)", l.c.cfg.Queue)
 	case <-time.After(time.Second):
 		return errors.New("amqp channel closed")
 	}

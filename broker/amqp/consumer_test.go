@@ -256,6 +256,7 @@ type countingHandler struct {
 	entered chan struct{} // when set, closed by the first Handle
 	once    sync.Once
 	failing atomic.Int64
+	lastErr atomic.Pointer[error]
 }
 
 func (h *countingHandler) Handle(ctx context.Context, batch []broker.Message) ([]broker.Result, error) {
@@ -271,8 +272,11 @@ func (h *countingHandler) Handle(ctx context.Context, batch []broker.Message) ([
 	return make([]broker.Result, len(batch)), nil
 }
 
-func (h *countingHandler) Failing(error) { h.failing.Add(1) }
-func (h *countingHandler) Healthy()      {}
+func (h *countingHandler) Failing(err error) {
+	h.lastErr.Store(&err)
+	h.failing.Add(1)
+}
+func (h *countingHandler) Healthy() {}
 
 func (h *countingHandler) count() int {
 	h.mu.Lock()
@@ -350,5 +354,37 @@ func TestLagIsQueueDepth(t *testing.T) {
 	close(h.block)
 	waitFor(t, 10*time.Second, "every message", func() bool { return h.count() == 50 })
 	waitFor(t, 10*time.Second, "Lag = 0", func() bool { n, ok := c.Lag(); return ok && n == 0 })
+	stop()
+}
+
+// TestQueueDeletedWhileConsuming deletes the queue under a running worker:
+// the broker cancels its consumer, the worker reports it and reconnects,
+// declaring the queue again, and consumes what arrives next.
+func TestQueueDeletedWhileConsuming(t *testing.T) {
+	t.Parallel()
+	a := newAdmin(t)
+	queue := uniqueName(t)
+	a.queue(queue, "")
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	h := &countingHandler{}
+	stop := runConsumer(t, newConsumer(t, testConfig(queue)), h)
+	if err := a.publish(ctx, "", queue, []amqp091.Publishing{event(queue+"-1", 1)}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "the first message", func() bool { return h.count() == 1 })
+	if err := a.do(func(ch *amqp091.Channel) error { _, err := ch.QueueDelete(queue, false, false, false); return err }); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "the cancel reported", func() bool { return h.failing.Load() > 0 })
+	if err := *h.lastErr.Load(); !strings.Contains(err.Error(), "cancelled the consumer") {
+		t.Errorf("Failing(%v), want the cancel named", err)
+	}
+	// The worker declares the queue again; publish until it is there.
+	waitFor(t, 10*time.Second, "the queue declared again", func() bool { _, err := a.ready(ctx, queue); return err == nil })
+	if err := a.publish(ctx, "", queue, []amqp091.Publishing{event(queue+"-2", 2)}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "the second message", func() bool { return h.count() == 2 })
 	stop()
 }
