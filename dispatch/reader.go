@@ -160,7 +160,8 @@ func (r *Reader) handle(ctx context.Context, msgs []redis.XMessage, handle func(
 			break
 		}
 		if m.Values == nil {
-			continue // deleted since it was delivered
+			done = append(done, m.ID) // deleted since it was delivered: clear it from the pending list
+			continue
 		}
 		ev, err := ParseEntry(m.Values)
 		if err != nil {
