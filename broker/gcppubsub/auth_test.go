@@ -197,6 +197,7 @@ type recordingHandler struct {
 	seen    map[string]broker.Message
 	failing []error
 	healthy int
+	largest int // largest batch
 }
 
 func newRecordingHandler() *recordingHandler {
@@ -209,6 +210,7 @@ func (h *recordingHandler) Handle(_ context.Context, batch []broker.Message) ([]
 	for _, m := range batch {
 		h.seen[m.ID] = m
 	}
+	h.largest = max(h.largest, len(batch))
 	return make([]broker.Result, len(batch)), nil
 }
 
