@@ -405,7 +405,10 @@ func TestRedisOutage(t *testing.T) {
 	if h.failing.Load() != nil {
 		eventually(t, 10*time.Second, "the consumer to report healthy", func() (bool, string) {
 			f := h.failing.Load()
-			return f == nil, fmt.Sprint(f)
+			if f != nil {
+				return false, (*f).Error()
+			}
+			return true, ""
 		})
 	}
 }

@@ -187,7 +187,7 @@ func (c *Consumer) Run(ctx context.Context, h broker.Handler) error {
 	var commits, polls sync.WaitGroup
 	commits.Go(func() { cm.run(context.WithoutCancel(ctx)) })
 	if c.cfg.LagInterval > 0 {
-		polls.Go(func() { c.pollLag(ctx, transport) })
+		polls.Go(func() { c.pollLag(ctx, transport, hs) })
 	}
 
 	err := c.consume(ctx, r, hs, cm)
@@ -513,7 +513,7 @@ func (s *health) set(kind string, err error) {
 }
 
 // pollLag refreshes the worker's assignment and lag every LagInterval.
-func (c *Consumer) pollLag(ctx context.Context, transport *kafkago.Transport) {
+func (c *Consumer) pollLag(ctx context.Context, transport *kafkago.Transport, hs *health) {
 	client := &kafkago.Client{Addr: kafkago.TCP(c.cfg.Brokers...), Transport: transport, Timeout: c.cfg.DialTimeout}
 	t := time.NewTicker(c.cfg.LagInterval)
 	defer t.Stop()
@@ -534,6 +534,9 @@ func (c *Consumer) pollLag(ctx context.Context, transport *kafkago.Transport) {
 		if s == nil {
 			continue
 		}
+		// The group is stable and lists this worker: whatever the reader
+		// logged before has healed.
+		hs.set(kindClient, nil)
 		c.lag.Store(s)
 		if len(s.partitions) == 0 && !idleLogged {
 			c.logger.Info("kafka worker has no partition: the source has more workers than the topic has partitions, this one idles")
