@@ -174,8 +174,9 @@ type BindExchange struct {
 	RoutingKey string `json:"routingKey"`
 }
 
-// amqpResponse is AMQP's response and storage shape.
-type amqpResponse struct {
+// amqpWire is AMQP's response and storage shape (BindExchange nil), and
+// also accepts the request shape (bindExchange) when decoding.
+type amqpWire struct {
 	Schema             string    `json:"schema"`
 	Host               string    `json:"host"`
 	Port               string    `json:"port"`
@@ -185,11 +186,13 @@ type amqpResponse struct {
 	Auth               *AMQPAuth `json:"auth"`
 	BindedExchange     *string   `json:"bindedExchange"`
 	RoutingKey         string    `json:"routingKey"`
+	// BindExchange is the request shape; never written.
+	BindExchange *BindExchange `json:"bindExchange,omitempty"`
 }
 
 // MarshalJSON writes the response shape (bindedExchange + routingKey).
 func (a AMQP) MarshalJSON() ([]byte, error) {
-	r := amqpResponse{
+	r := amqpWire{
 		Schema: a.Schema, Host: a.Host, Port: a.Port, Queue: a.Queue, Vhost: a.Vhost,
 		DeadLetterExchange: a.DeadLetterExchange, Auth: a.Auth,
 	}
@@ -204,10 +207,7 @@ func (a AMQP) MarshalJSON() ([]byte, error) {
 // response shape (bindedExchange + routingKey), rejecting unknown fields and
 // a mix of both.
 func (a *AMQP) UnmarshalJSON(b []byte) error {
-	var in struct {
-		amqpResponse
-		BindExchange *BindExchange `json:"bindExchange"`
-	}
+	var in amqpWire
 	if err := strictUnmarshal(b, &in, "pub_sub.amqp"); err != nil {
 		return err
 	}

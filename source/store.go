@@ -401,3 +401,11 @@ func NewMaskID() string {
 	}
 	return string(out)
 }
+
+// Ping checks that Redis answers (readiness).
+func (s *Store) Ping(ctx context.Context) error {
+	if err := s.rdb.Ping(ctx).Err(); err != nil {
+		return fmt.Errorf("redis ping: %w", err)
+	}
+	return nil
+}

@@ -31,13 +31,19 @@ var (
 )
 
 // Normalize fills defaults that are part of the stored definition: a
-// missing verifier is noop, an AMQP vhost is "/".
+// missing verifier is noop, an AMQP vhost is "/", absent lists are empty.
 func (s *Source) Normalize() {
 	if s.Verifier == nil || s.Verifier.Type == "" && s.Verifier.HMac == nil && s.Verifier.BasicAuth == nil && s.Verifier.APIKey == nil {
 		s.Verifier = &Verifier{Type: "noop"}
 	}
 	if s.PubSub != nil && s.PubSub.AMQP != nil && s.PubSub.AMQP.Vhost == "" {
 		s.PubSub.AMQP.Vhost = "/"
+	}
+	if s.ForwardHeaders == nil {
+		s.ForwardHeaders = []string{}
+	}
+	if s.IdempotencyKeys == nil {
+		s.IdempotencyKeys = []string{}
 	}
 	if s.Provider == "twitter" && s.ProviderConfig == nil {
 		s.ProviderConfig = &ProviderConfig{Twitter: &TwitterProviderConfig{}}

@@ -1,0 +1,347 @@
+// Package api is sluice's admin HTTP API: Convoy-compatible source routes
+// under /api/v1/projects/{projectID}/sources, plus /healthz and /readyz.
+//
+// Every response is the envelope {"message","status","data"}; errors have
+// status false and a message naming the offending field.
+package api
+
+import (
+	"cmp"
+	"context"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"mime"
+	"net/http"
+	"strconv"
+	"strings"
+
+	"github.com/go-chi/chi/v5"
+
+	"github.com/sluice-io/sluice/source"
+)
+
+// Key is one admin API key.
+type Key struct {
+	Secret    string // the key as clients send it
+	ProjectID string // the only project the key may touch; empty = every project
+}
+
+// Options configures the API.
+type Options struct {
+	// Store keeps the sources. Required.
+	Store *source.Store
+	// Keys are the accepted API keys. No keys: every /api request is 401.
+	Keys []Key
+	// PublicURL is the base of each source's url (url = PublicURL + "/ingest/" + mask_id).
+	// Default "http://localhost:8080".
+	PublicURL string
+	// MaxWorkers bounds pub_sub.workers. Default source.DefaultMaxWorkers (64).
+	MaxWorkers int
+	// MaxBodyBytes bounds request bodies (413 beyond). Default 1 MiB.
+	MaxBodyBytes int64
+	// Logger receives server-side errors. Default: discard.
+	Logger *slog.Logger
+	// Ready is an extra readiness check for /readyz, run after the Redis
+	// ping. Nil: Redis alone decides.
+	Ready func(ctx context.Context) error
+	// SourceRoutes mounts more routes under
+	// /api/v1/projects/{projectID}/sources/{sourceID}; they run after the
+	// key is checked and the source is loaded (SourceFrom). Optional.
+	SourceRoutes func(r chi.Router)
+	// Routes mounts more routes at the root without API key (e.g. /metrics).
+	// Optional.
+	Routes func(r chi.Router)
+}
+
+type server struct {
+	o    Options
+	keys []hashedKey
+	log  *slog.Logger
+}
+
+type hashedKey struct {
+	sum       [32]byte
+	projectID string
+}
+
+// New returns the API's handler.
+func New(o Options) http.Handler {
+	o.PublicURL = strings.TrimRight(cmp.Or(o.PublicURL, "http://localhost:8080"), "/")
+	o.MaxWorkers = cmp.Or(o.MaxWorkers, source.DefaultMaxWorkers)
+	o.MaxBodyBytes = cmp.Or(o.MaxBodyBytes, 1<<20)
+	s := &server{o: o, log: cmp.Or(o.Logger, slog.New(slog.DiscardHandler))}
+	for _, k := range o.Keys {
+		s.keys = append(s.keys, hashedKey{sha256.Sum256([]byte(k.Secret)), k.ProjectID})
+	}
+
+	r := chi.NewRouter()
+	r.Use(s.recoverer)
+	r.NotFound(func(w http.ResponseWriter, r *http.Request) { WriteError(w, http.StatusNotFound, "route not found") })
+	r.MethodNotAllowed(func(w http.ResponseWriter, r *http.Request) {
+		WriteError(w, http.StatusMethodNotAllowed, "method "+r.Method+" not allowed")
+	})
+	r.Get("/healthz", func(w http.ResponseWriter, r *http.Request) { WriteJSON(w, http.StatusOK, "ok", nil) })
+	r.Get("/readyz", s.readyz)
+	if o.Routes != nil {
+		o.Routes(r)
+	}
+	r.Route("/api/v1/projects/{projectID}", func(r chi.Router) {
+		r.Use(s.authorize)
+		r.Route("/sources", func(r chi.Router) {
+			r.Post("/", s.create)
+			r.Get("/", s.list)
+			r.Route("/{sourceID}", func(r chi.Router) {
+				r.Use(s.loadSource)
+				r.Get("/", s.get)
+				r.Put("/", s.update)
+				r.Delete("/", s.delete)
+				if o.SourceRoutes != nil {
+					o.SourceRoutes(r)
+				}
+			})
+		})
+	})
+	return r
+}
+
+// envelope is every response body.
+type envelope struct {
+	Message string `json:"message"`
+	Status  bool   `json:"status"`
+	Data    any    `json:"data,omitempty"`
+}
+
+// WriteJSON writes the envelope {"message","status":true,"data"} with code.
+func WriteJSON(w http.ResponseWriter, code int, msg string, data any) {
+	b, err := json.Marshal(envelope{Message: msg, Status: code < 400, Data: data})
+	if err != nil {
+		code, b = http.StatusInternalServerError, []byte(`{"message":"encode response","status":false}`)
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	w.Write(append(b, '\n'))
+}
+
+// WriteError writes the error envelope {"message","status":false} with code.
+func WriteError(w http.ResponseWriter, code int, msg string) {
+	b, _ := json.Marshal(envelope{Message: msg})
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	w.Write(append(b, '\n'))
+}
+
+type ctxKey struct{}
+
+// SourceFrom returns the source loaded for a SourceRoutes handler (its url
+// filled in). It panics outside such a handler.
+func SourceFrom(ctx context.Context) source.Source {
+	return ctx.Value(ctxKey{}).(source.Source)
+}
+
+func (s *server) recoverer(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		defer func() {
+			if v := recover(); v != nil {
+				if v == http.ErrAbortHandler {
+					panic(v)
+				}
+				s.log.Error("panic in handler", "method", r.Method, "path", r.URL.Path, "panic", fmt.Sprint(v))
+				WriteError(w, http.StatusInternalServerError, "internal error")
+			}
+		}()
+		next.ServeHTTP(w, r)
+	})
+}
+
+func (s *server) readyz(w http.ResponseWriter, r *http.Request) {
+	if err := s.o.Store.Ping(r.Context()); err != nil {
+		WriteError(w, http.StatusServiceUnavailable, "not ready: "+err.Error())
+		return
+	}
+	if s.o.Ready != nil {
+		if err := s.o.Ready(r.Context()); err != nil {
+			WriteError(w, http.StatusServiceUnavailable, "not ready: "+err.Error())
+			return
+		}
+	}
+	WriteJSON(w, http.StatusOK, "ready", nil)
+}
+
+// authorize accepts "Authorization: Bearer <key>" or a bare key: 401 when
+// it matches no key, 403 when the key is bound to another project. Every
+// key is compared, in constant time, on SHA-256 sums (no length leak).
+func (s *server) authorize(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		h := strings.TrimSpace(r.Header.Get("Authorization"))
+		if len(h) > 7 && strings.EqualFold(h[:7], "bearer ") {
+			h = strings.TrimSpace(h[7:])
+		}
+		if h == "" {
+			WriteError(w, http.StatusUnauthorized, "Authorization: an API key is required")
+			return
+		}
+		sum := sha256.Sum256([]byte(h))
+		match := -1
+		for i := range s.keys {
+			if subtle.ConstantTimeCompare(sum[:], s.keys[i].sum[:]) == 1 {
+				match = i
+			}
+		}
+		if match < 0 {
+			WriteError(w, http.StatusUnauthorized, "Authorization: invalid API key")
+			return
+		}
+		if p := s.keys[match].projectID; p != "" && p != chi.URLParam(r, "projectID") {
+			WriteError(w, http.StatusForbidden, "Authorization: this API key is not allowed for project "+strconv.Quote(chi.URLParam(r, "projectID")))
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+func (s *server) loadSource(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		src, err := s.o.Store.Get(r.Context(), chi.URLParam(r, "projectID"), chi.URLParam(r, "sourceID"))
+		if err != nil {
+			s.fail(w, r, err)
+			return
+		}
+		next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), ctxKey{}, s.render(src))))
+	})
+}
+
+func (s *server) render(src source.Source) source.Source {
+	src.URL = s.o.PublicURL + "/ingest/" + src.MaskID
+	return src
+}
+
+// fail maps err to a response: field errors 400, not found 404, a body
+// over the limit 413, anything else 500 (logged, not shown).
+func (s *server) fail(w http.ResponseWriter, r *http.Request, err error) {
+	var fe *source.FieldError
+	var tooBig *http.MaxBytesError
+	switch {
+	case errors.As(err, &fe):
+		WriteError(w, http.StatusBadRequest, strings.ReplaceAll(err.Error(), "\n", "; "))
+	case errors.Is(err, source.ErrNotFound):
+		WriteError(w, http.StatusNotFound, "source not found")
+	case errors.As(err, &tooBig):
+		WriteError(w, http.StatusRequestEntityTooLarge, fmt.Sprintf("body: larger than %d bytes", tooBig.Limit))
+	case r.Context().Err() != nil:
+		// the client is gone; nobody reads a response
+	default:
+		s.log.Error("admin request failed", "method", r.Method, "path", r.URL.Path, "err", err)
+		WriteError(w, http.StatusInternalServerError, "internal error")
+	}
+}
+
+// readInput checks the content type and decodes the body as a source.Input.
+func (s *server) readInput(w http.ResponseWriter, r *http.Request) (source.Input, bool) {
+	mt, _, err := mime.ParseMediaType(r.Header.Get("Content-Type"))
+	if err != nil || (mt != "application/json" && !strings.HasSuffix(mt, "+json")) {
+		WriteError(w, http.StatusUnsupportedMediaType, "Content-Type: must be application/json")
+		return source.Input{}, false
+	}
+	in, err := source.DecodeInput(http.MaxBytesReader(w, r.Body, s.o.MaxBodyBytes))
+	if err != nil {
+		s.fail(w, r, err)
+		return source.Input{}, false
+	}
+	return in, true
+}
+
+func (s *server) create(w http.ResponseWriter, r *http.Request) {
+	in, ok := s.readInput(w, r)
+	if !ok {
+		return
+	}
+	var src source.Source
+	in.Apply(&src)
+	src.Normalize()
+	if err := src.Validate(s.o.MaxWorkers); err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	created, err := s.o.Store.Create(r.Context(), chi.URLParam(r, "projectID"), src)
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	WriteJSON(w, http.StatusCreated, "Source created successfully", s.render(created))
+}
+
+func (s *server) get(w http.ResponseWriter, r *http.Request) {
+	WriteJSON(w, http.StatusOK, "Source fetched successfully", SourceFrom(r.Context()))
+}
+
+func (s *server) update(w http.ResponseWriter, r *http.Request) {
+	in, ok := s.readInput(w, r)
+	if !ok {
+		return
+	}
+	updated, err := s.o.Store.Update(r.Context(), chi.URLParam(r, "projectID"), chi.URLParam(r, "sourceID"), func(src *source.Source) error {
+		in.Apply(src)
+		src.Normalize()
+		return src.Validate(s.o.MaxWorkers)
+	})
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	// 202 as Convoy's UpdateSource answers.
+	WriteJSON(w, http.StatusAccepted, "Source updated successfully", s.render(updated))
+}
+
+func (s *server) delete(w http.ResponseWriter, r *http.Request) {
+	if err := s.o.Store.Delete(r.Context(), chi.URLParam(r, "projectID"), chi.URLParam(r, "sourceID")); err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	WriteJSON(w, http.StatusOK, "Source deleted successfully", nil)
+}
+
+// pagination is Convoy's pagination block.
+type pagination struct {
+	PerPage        int    `json:"per_page"`
+	HasNextPage    bool   `json:"has_next_page"`
+	HasPrevPage    bool   `json:"has_prev_page"`
+	PrevPageCursor string `json:"prev_page_cursor"`
+	NextPageCursor string `json:"next_page_cursor"`
+}
+
+type listData struct {
+	Content    []source.Source `json:"content"`
+	Pagination pagination      `json:"pagination"`
+}
+
+func (s *server) list(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	o := source.ListOptions{
+		Type: q.Get("type"), Provider: q.Get("provider"), Query: q.Get("q"),
+		Cursor: q.Get("next_page_cursor"), PerPage: 20,
+	}
+	if v := q.Get("perPage"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 || n > 100 {
+			WriteError(w, http.StatusBadRequest, "perPage: must be a number 1..100, got "+strconv.Quote(v))
+			return
+		}
+		o.PerPage = n
+	}
+	page, err := s.o.Store.List(r.Context(), chi.URLParam(r, "projectID"), o)
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	d := listData{Content: make([]source.Source, 0, len(page.Sources)), Pagination: pagination{
+		PerPage: o.PerPage, HasNextPage: page.HasNext, HasPrevPage: o.Cursor != "", NextPageCursor: page.NextCursor,
+	}}
+	for _, src := range page.Sources {
+		d.Content = append(d.Content, s.render(src))
+	}
+	WriteJSON(w, http.StatusOK, "Sources fetched successfully", d)
+}
