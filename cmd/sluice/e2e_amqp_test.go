@@ -1,0 +1,388 @@
+package main
+
+// End-to-end tests of AMQP sources: the real sluice binary, the real
+// RabbitMQ and Redis of the machine, driven through the admin API.
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"os"
+	"regexp"
+	"strconv"
+	"syscall"
+	"testing"
+	"time"
+
+	amqp091 "github.com/rabbitmq/amqp091-go"
+
+	"github.com/sluice-io/sluice/broker/amqp"
+	"github.com/sluice-io/sluice/broker/supervisor"
+	"github.com/sluice-io/sluice/source"
+)
+
+func TestAMQPConfigMapping(t *testing.T) {
+	ps := &source.PubSub{Type: source.PubSubAMQP, Workers: 4, AMQP: &source.AMQP{
+		Schema: "amqps", Host: "mq.example.com", Port: "5671", Queue: "orders", Vhost: "team/a",
+		DeadLetterExchange: "orders.dlx",
+		Auth:               &source.AMQPAuth{User: "svc", Password: "p@ss:w/rd 100%"},
+		BindExchange:       &source.BindExchange{Exchange: "events", RoutingKey: "orders.*"},
+	}}
+	got, err := amqpConfig(ps, "src1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := amqp.Config{
+		Schema: "amqps", Host: "mq.example.com", Port: "5671", Vhost: "team/a", Queue: "orders",
+		User: "svc", Password: "p@ss:w/rd 100%", DeadLetterExchange: "orders.dlx",
+		BindExchange: "events", RoutingKey: "orders.*", ConnectionName: "sluice/src1",
+	}
+	if got != want {
+		t.Errorf("amqpConfig =\n%+v\nwant\n%+v", got, want)
+	}
+	if got.URL().Redacted() != "amqps://svc:xxxxx@mq.example.com:5671/team%2Fa" {
+		t.Errorf("URL = %s", got.URL().Redacted())
+	}
+	if _, err := amqpConfig(&source.PubSub{Type: source.PubSubAMQP}, "src2"); err == nil {
+		t.Error("amqpConfig without pub_sub.amqp = nil error")
+	}
+	if _, err := amqpConfig(&source.PubSub{Type: source.PubSubAMQP, AMQP: &source.AMQP{Host: "h"}}, "src3"); err == nil {
+		t.Error("amqpConfig without a queue = nil error")
+	}
+}
+
+var amqpUnsafe = regexp.MustCompile(`[^A-Za-z0-9_]+`)
+
+// amqpE2E is one test's RabbitMQ objects: an exchange the source binds to,
+// a dead-letter exchange with a queue to read it, and the source's queue.
+type amqpE2E struct {
+	t                       *testing.T
+	conn                    *amqp091.Connection
+	exchange, dlx, dlq, src string
+}
+
+func newAMQPE2E(t *testing.T) *amqpE2E {
+	t.Helper()
+	var b [4]byte
+	_, _ = rand.Read(b[:])
+	name := "test.e2e." + amqpUnsafe.ReplaceAllString(t.Name(), "_") + "." + hex.EncodeToString(b[:])
+	conn, err := amqp091.Dial("amqp://guest:guest@127.0.0.1:5672/")
+	if err != nil {
+		t.Fatalf("connect to RabbitMQ: %v", err)
+	}
+	e := &amqpE2E{t: t, conn: conn, exchange: name + ".in", dlx: name + ".dlx", dlq: name + ".dlq", src: name + ".q"}
+	t.Cleanup(func() {
+		_ = e.do(func(ch *amqp091.Channel) error {
+			_, _ = ch.QueueDelete(e.src, false, false, false)
+			_, _ = ch.QueueDelete(e.dlq, false, false, false)
+			_ = ch.ExchangeDelete(e.exchange, false, false)
+			return ch.ExchangeDelete(e.dlx, false, false)
+		})
+		_ = conn.Close()
+	})
+	if err := e.do(func(ch *amqp091.Channel) error {
+		if err := ch.ExchangeDeclare(e.exchange, amqp091.ExchangeTopic, true, false, false, false, nil); err != nil {
+			return err
+		}
+		if err := ch.ExchangeDeclare(e.dlx, amqp091.ExchangeFanout, true, false, false, false, nil); err != nil {
+			return err
+		}
+		if _, err := ch.QueueDeclare(e.dlq, true, false, false, false, nil); err != nil {
+			return err
+		}
+		return ch.QueueBind(e.dlq, "", e.dlx, false, nil)
+	}); err != nil {
+		t.Fatalf("declare test topology: %v", err)
+	}
+	return e
+}
+
+func (e *amqpE2E) do(f func(ch *amqp091.Channel) error) error {
+	ch, err := e.conn.Channel()
+	if err != nil {
+		return err
+	}
+	defer ch.Close()
+	return f(ch)
+}
+
+// sourceBody is the create request of an AMQP source in Convoy's shape.
+func (e *amqpE2E) sourceBody(workers int) map[string]any {
+	return map[string]any{
+		"name": "amqp " + e.src,
+		"type": "pub_sub",
+		"pub_sub": map[string]any{
+			"type":    "amqp",
+			"workers": workers,
+			"amqp": map[string]any{
+				"schema":             "amqp",
+				"host":               "127.0.0.1",
+				"port":               "5672",
+				"queue":              e.src,
+				"deadLetterExchange": e.dlx,
+				"auth":               map[string]any{"user": "guest", "password": "guest"},
+				"bindExchange":       map[string]any{"exchange": e.exchange, "routingKey": "orders.*"},
+			},
+		},
+	}
+}
+
+// amqpMessageID is the message-id of test message seq.
+func amqpMessageID(seq int) string { return "msg-" + strconv.Itoa(seq) }
+
+// publish sends messages seq from..to-1 (and, when malformed > 0, one
+// malformed message after every malformed-th) to the bound exchange, and
+// waits for RabbitMQ's confirms. It returns how many malformed it sent.
+func (e *amqpE2E) publish(from, to, malformedEvery int) int {
+	e.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	ch, err := e.conn.Channel()
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	defer ch.Close()
+	if err := ch.Confirm(false); err != nil {
+		e.t.Fatal(err)
+	}
+	confirms := ch.NotifyPublish(make(chan amqp091.Confirmation, 2*(to-from)+1))
+	sent, malformed := 0, 0
+	pub := func(p amqp091.Publishing) {
+		if err := ch.PublishWithContext(ctx, e.exchange, "orders.created", false, false, p); err != nil {
+			e.t.Fatalf("publish: %v", err)
+		}
+		sent++
+	}
+	for seq := from; seq < to; seq++ {
+		pub(amqp091.Publishing{
+			MessageId:   amqpMessageID(seq),
+			ContentType: "application/json",
+			Headers:     amqp091.Table{"x-tenant": "t-" + strconv.Itoa(seq%7)},
+			Body:        messageBody(seq),
+		})
+		if malformedEvery > 0 && seq%malformedEvery == malformedEvery-1 {
+			pub(amqp091.Publishing{MessageId: "bad-" + strconv.Itoa(seq), Body: []byte(`{"data":"no event type"}`)})
+			malformed++
+		}
+	}
+	for range sent {
+		select {
+		case c := <-confirms:
+			if !c.Ack {
+				e.t.Fatalf("publish %d nacked", c.DeliveryTag)
+			}
+		case <-ctx.Done():
+			e.t.Fatal("publish confirms did not arrive")
+		}
+	}
+	return malformed
+}
+
+// ready is how many messages wait in queue (all of them when no consumer
+// holds any).
+func (e *amqpE2E) ready(queue string) int {
+	e.t.Helper()
+	var n int
+	if err := e.do(func(ch *amqp091.Channel) error {
+		q, err := ch.QueueDeclarePassive(queue, true, false, false, false, nil)
+		n = q.Messages
+		return err
+	}); err != nil {
+		e.t.Fatalf("inspect queue %s: %v", queue, err)
+	}
+	return n
+}
+
+func (e *amqpE2E) waitReady(queue string, want int, timeout time.Duration) {
+	e.t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		got := e.ready(queue)
+		if got == want {
+			return
+		}
+		if time.Now().After(deadline) {
+			e.t.Fatalf("queue %s holds %d messages after %s, want %d", queue, got, timeout, want)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func waitWorkersRunning(d *daemon, project, id string, workers int) {
+	d.t.Helper()
+	d.WaitStatus(project, id, 30*time.Second, fmt.Sprintf("%d workers running", workers), func(st supervisor.SourceStatus) bool {
+		if len(st.Workers) != workers {
+			return false
+		}
+		for _, w := range st.Workers {
+			if w.State != supervisor.StateRunning {
+				return false
+			}
+		}
+		return true
+	})
+}
+
+// TestE2EAMQP creates an AMQP source with 4 workers, a bound exchange and a
+// dead-letter exchange through the API, publishes 20,000 messages and some
+// malformed ones to the exchange: every message is in the dispatch stream
+// once with the right envelope, every malformed one in the dead-letter
+// exchange's queue.
+func TestE2EAMQP(t *testing.T) {
+	t.Parallel()
+	const n = 20000
+	d := startDaemon(t)
+	e := newAMQPE2E(t)
+	src := d.CreateSource("p1", e.sourceBody(4))
+	if src.PubSub == nil || src.PubSub.AMQP == nil || src.PubSub.AMQP.BindExchange == nil ||
+		src.PubSub.AMQP.BindExchange.Exchange != e.exchange || src.PubSub.AMQP.BindExchange.RoutingKey != "orders.*" {
+		t.Fatalf("created source: %+v", src.PubSub)
+	}
+	waitWorkersRunning(d, "p1", src.UID, 4)
+
+	malformed := e.publish(0, n, 500)
+	d.WaitStream(n, 2*time.Minute)
+	e.waitReady(e.dlq, malformed, time.Minute)
+	e.waitReady(e.src, 0, time.Minute)
+
+	events := d.RequireExactlyOnce(n)
+	for _, ev := range events {
+		var seq int
+		if _, err := fmt.Sscanf(string(ev.Data), `{"seq":%d}`, &seq); err != nil {
+			t.Fatalf("event data %s: %v", ev.Data, err)
+		}
+		id := amqpMessageID(seq)
+		for _, f := range []struct{ field, got, want string }{
+			{"project_id", ev.ProjectID, "p1"},
+			{"source_id", ev.SourceID, src.UID},
+			{"broker", ev.Broker, "amqp"},
+			{"broker_message_id", ev.BrokerMessageID, id},
+			{"message_type", ev.MessageType, "single"},
+			{"endpoint_id", ev.EndpointID, "ep-1"},
+			{"event_type", ev.EventType, "test.event"},
+			{"headers.x-broker-message-id", ev.Headers["x-broker-message-id"], id},
+			{"headers.x-tenant", ev.Headers["x-tenant"], "t-" + strconv.Itoa(seq%7)},
+			{"headers.x-amqp-exchange", ev.Headers["x-amqp-exchange"], e.exchange},
+			{"headers.x-amqp-routing-key", ev.Headers["x-amqp-routing-key"], "orders.created"},
+		} {
+			if f.got != f.want {
+				t.Fatalf("event seq %d: %s = %q, want %q", seq, f.field, f.got, f.want)
+			}
+		}
+		if ev.ID == "" || ev.ReceivedAt.IsZero() {
+			t.Fatalf("event seq %d has no id or received_at: %+v", seq, ev)
+		}
+	}
+
+	// The dead-letter queue holds exactly the malformed messages.
+	dead := map[string]int{}
+	if err := e.do(func(ch *amqp091.Channel) error {
+		for {
+			m, ok, err := ch.Get(e.dlq, true)
+			if err != nil || !ok {
+				return err
+			}
+			dead[m.MessageId]++
+		}
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if len(dead) != malformed {
+		t.Errorf("dead-letter queue holds %d distinct messages, want %d", len(dead), malformed)
+	}
+	for id, c := range dead {
+		if c != 1 || id[:4] != "bad-" {
+			t.Errorf("dead-letter queue holds %q %d times", id, c)
+		}
+	}
+	st := d.Status("p1", src.UID)
+	var dispatched, deadLettered int64
+	for _, w := range st.Workers {
+		dispatched += w.Dispatched
+		deadLettered += w.DeadLettered
+	}
+	t.Logf("status: %d dispatched, %d dead-lettered over %d workers", dispatched, deadLettered, len(st.Workers))
+	if rss, err := processRSS(d); err == nil {
+		t.Logf("sluice serve RSS after %d messages with 4 workers: %.1f MiB", n, float64(rss)/(1<<20))
+	}
+}
+
+// processRSS reads the resident set size of the daemon's process.
+func processRSS(d *daemon) (int64, error) {
+	d.mu.Lock()
+	cmd := d.cmd
+	d.mu.Unlock()
+	if cmd == nil || cmd.Process == nil {
+		return 0, errors.New("no process")
+	}
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/statm", cmd.Process.Pid))
+	if err != nil {
+		return 0, err
+	}
+	var size, resident int64
+	if _, err := fmt.Sscanf(string(b), "%d %d", &size, &resident); err != nil {
+		return 0, err
+	}
+	return resident * int64(os.Getpagesize()), nil
+}
+
+// TestE2EAMQPKillAndRestart kills sluice serve (SIGKILL) while it drains a
+// queue and starts it again: the unacked messages come back from RabbitMQ
+// and the dispatch stream holds every message exactly once.
+func TestE2EAMQPKillAndRestart(t *testing.T) {
+	t.Parallel()
+	const n = 10000
+	d := startDaemon(t)
+	e := newAMQPE2E(t)
+	src := d.CreateSource("p1", e.sourceBody(2))
+	waitWorkersRunning(d, "p1", src.UID, 2)
+	e.publish(0, n, 0)
+	d.WaitStream(n/10, time.Minute)
+	d.Kill()
+	if got, _ := d.RDB.XLen(context.Background(), d.StreamKey()).Result(); got >= n {
+		t.Fatalf("all %d messages were written before the kill; publish more", got)
+	}
+	d.Start()
+	d.WaitStream(n, 2*time.Minute)
+	e.waitReady(e.src, 0, time.Minute)
+	d.RequireExactlyOnce(n)
+}
+
+// TestE2EAMQPTermDrains stops sluice serve with SIGTERM while it drains a
+// queue: it exits 0 having acked what it wrote, so the stream and the queue
+// together hold every message exactly once; a restart finishes the queue.
+func TestE2EAMQPTermDrains(t *testing.T) {
+	t.Parallel()
+	const n = 10000
+	d := startDaemon(t)
+	e := newAMQPE2E(t)
+	src := d.CreateSource("p1", e.sourceBody(4))
+	waitWorkersRunning(d, "p1", src.UID, 4)
+	e.publish(0, n, 0)
+	d.WaitStream(n/10, time.Minute)
+	select {
+	case <-d.Signal(syscall.SIGTERM):
+	case <-time.After(time.Minute):
+		t.Fatal("sluice did not exit within a minute of SIGTERM")
+	}
+	if code := d.ExitCode(); code != 0 {
+		t.Fatalf("sluice exited with %d after SIGTERM, want 0\n%s", code, d.Logs())
+	}
+	written, err := d.RDB.XLen(context.Background(), d.StreamKey()).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	left := e.ready(e.src)
+	if written >= n {
+		t.Fatalf("all %d messages were written before the stop; publish more", written)
+	}
+	if int(written)+left != n {
+		t.Errorf("after the drain the stream holds %d and the queue %d: %d messages were written but not acked", written, left, int(written)+left-n)
+	}
+	d.Start()
+	d.WaitStream(n, 2*time.Minute)
+	e.waitReady(e.src, 0, time.Minute)
+	d.RequireExactlyOnce(n)
+}
