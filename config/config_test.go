@@ -1,0 +1,83 @@
+package config_test
+
+import (
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+	"github.com/stretchr/testify/require"
+
+	"github.com/sluice-io/sluice/config"
+)
+
+func env(m map[string]string) func(string) string { return func(k string) string { return m[k] } }
+
+func TestLoadDefaults(t *testing.T) {
+	c, err := config.Load(env(nil))
+	require.NoError(t, err)
+	want := config.Config{
+		Listen: ":8080", RedisURL: "redis://127.0.0.1:6379/0", Prefix: "sluice",
+		PublicURL: "http://localhost:8080", MaxWorkers: 64, ShutdownGrace: 30 * time.Second,
+		LogLevel: "info", LogFormat: "json",
+	}
+	if d := cmp.Diff(want, c); d != "" {
+		t.Fatalf("(-want +got)\n%s", d)
+	}
+}
+
+func TestLoadEverything(t *testing.T) {
+	c, err := config.Load(env(map[string]string{
+		"SLUICE_LISTEN":         "127.0.0.1:9000",
+		"SLUICE_REDIS_URL":      "rediss://:pw@redis.internal:6380/2",
+		"SLUICE_PREFIX":         "tenant-a",
+		"SLUICE_API_KEYS":       " global-key-0123456789 , proj-1=project-key-0123456789,",
+		"SLUICE_PUBLIC_URL":     "https://hooks.example.com/",
+		"SLUICE_MAX_WORKERS":    "8",
+		"SLUICE_SHUTDOWN_GRACE": "5s",
+		"SLUICE_LOG_LEVEL":      "debug",
+		"SLUICE_LOG_FORMAT":     "text",
+	}))
+	require.NoError(t, err)
+	want := config.Config{
+		Listen: "127.0.0.1:9000", RedisURL: "rediss://:pw@redis.internal:6380/2", Prefix: "tenant-a",
+		APIKeys:   []config.APIKey{{Key: "global-key-0123456789"}, {Key: "project-key-0123456789", ProjectID: "proj-1"}},
+		PublicURL: "https://hooks.example.com", MaxWorkers: 8, ShutdownGrace: 5 * time.Second,
+		LogLevel: "debug", LogFormat: "text",
+	}
+	if d := cmp.Diff(want, c); d != "" {
+		t.Fatalf("(-want +got)\n%s", d)
+	}
+}
+
+func TestPublicURLFollowsListenPort(t *testing.T) {
+	c, err := config.Load(env(map[string]string{"SLUICE_LISTEN": ":9090"}))
+	require.NoError(t, err)
+	require.Equal(t, "http://localhost:9090", c.PublicURL)
+}
+
+func TestLoadErrorsNameTheVariable(t *testing.T) {
+	for _, c := range []struct{ name, val string }{
+		{"SLUICE_LISTEN", "8080"},
+		{"SLUICE_REDIS_URL", "http://redis"},
+		{"SLUICE_PREFIX", "a{b}"},
+		{"SLUICE_API_KEYS", "=abcdefghijklmnopq"},
+		{"SLUICE_API_KEYS", "p1="},
+		{"SLUICE_API_KEYS", "short"},
+		{"SLUICE_PUBLIC_URL", "hooks.example.com"},
+		{"SLUICE_MAX_WORKERS", "many"},
+		{"SLUICE_MAX_WORKERS", "-1"},
+		{"SLUICE_SHUTDOWN_GRACE", "30"},
+		{"SLUICE_SHUTDOWN_GRACE", "-1s"},
+		{"SLUICE_LOG_LEVEL", "verbose"},
+		{"SLUICE_LOG_FORMAT", "xml"},
+	} {
+		t.Run(c.name+"="+c.val, func(t *testing.T) {
+			_, err := config.Load(env(map[string]string{c.name: c.val}))
+			require.Error(t, err)
+			require.Contains(t, err.Error(), c.name)
+			if c.name == "SLUICE_API_KEYS" {
+				require.NotContains(t, err.Error(), "abcdefghijklmnopq", "never echo a key")
+			}
+		})
+	}
+}
