@@ -77,7 +77,9 @@ func (h *handler) Handle(ctx context.Context, batch []broker.Message) (results [
 			if !dispatch.IsPermanent(err) {
 				return nil, fmt.Errorf("decode message %q: %w", msg.ID, err)
 			}
-			dead = append(dead, bad{i, raw, err.Error(), reasonClass(err)})
+			var pe *dispatch.PermanentError
+			errors.As(err, &pe)
+			dead = append(dead, bad{i, raw, pe.Reason, reasonClass(pe.Reason)})
 			continue
 		}
 		events = append(events, ev)
@@ -140,8 +142,7 @@ func (h *handler) Healthy() { h.w.setState(StateRunning) }
 
 // reasonClass sorts a permanent decode error into a small, bounded set of
 // metric label values.
-func reasonClass(err error) string {
-	msg := err.Error()
+func reasonClass(msg string) string {
 	switch {
 	case strings.Contains(msg, "over the limit"):
 		return "too_large"
