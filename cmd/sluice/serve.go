@@ -1,0 +1,186 @@
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync/atomic"
+	"time"
+
+	"github.com/alicebob/miniredis/v2"
+	"github.com/oklog/run"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/sluice-io/sluice/config"
+	"github.com/sluice-io/sluice/source"
+	"github.com/sluice-io/sluice/source/api"
+)
+
+// serveEnv is what serve reads from the process; tests fill it themselves.
+type serveEnv struct {
+	args           []string
+	getenv         func(string) string
+	stdout, stderr io.Writer
+	// listening, when set, is told the admin API's address once it accepts
+	// connections.
+	listening func(addr string)
+}
+
+// serve is `sluice serve`: it runs until ctx is done (SIGINT/SIGTERM in
+// main), then shuts down gracefully and returns nil.
+func serve(ctx context.Context, e serveEnv) error {
+	cfg, err := config.Load(e.getenv)
+	if err != nil {
+		return err
+	}
+	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
+	fs.SetOutput(e.stderr)
+	fs.StringVar(&cfg.Listen, "listen", cfg.Listen, "admin HTTP address (SLUICE_LISTEN)")
+	fs.StringVar(&cfg.RedisURL, "redis-url", cfg.RedisURL, "Redis URL (SLUICE_REDIS_URL)")
+	fs.StringVar(&cfg.Prefix, "prefix", cfg.Prefix, "Redis key prefix (SLUICE_PREFIX)")
+	publicURL := fs.String("public-url", "", "base URL of each source's url (SLUICE_PUBLIC_URL; default http://localhost:<listen port>)")
+	fs.IntVar(&cfg.MaxWorkers, "max-workers", cfg.MaxWorkers, "upper bound on pub_sub.workers (SLUICE_MAX_WORKERS)")
+	fs.StringVar(&cfg.LogLevel, "log-level", cfg.LogLevel, "debug, info, warn or error (SLUICE_LOG_LEVEL)")
+	dev := fs.Bool("dev", false, "development mode: embedded in-memory Redis and a printed API key; NOTHING PERSISTS")
+	if err := fs.Parse(e.args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("unexpected arguments %q", fs.Args())
+	}
+	switch {
+	case *publicURL != "":
+		cfg.PublicURL = *publicURL
+	case e.getenv("SLUICE_PUBLIC_URL") == "":
+		cfg.PublicURL = "" // follow a --listen port
+	}
+	cfg.ApplyDefaults()
+	if err := cfg.Validate(); err != nil {
+		return err
+	}
+	log := newLogger(cfg, e.stderr)
+
+	if *dev {
+		mr, err := miniredis.Run()
+		if err != nil {
+			return fmt.Errorf("dev: start in-memory redis: %w", err)
+		}
+		defer mr.Close()
+		cfg.RedisURL = "redis://" + mr.Addr() + "/0"
+		if len(cfg.APIKeys) == 0 {
+			var b [16]byte
+			rand.Read(b[:])
+			cfg.APIKeys = []config.APIKey{{Key: "dev-" + hex.EncodeToString(b[:])}}
+		}
+		fmt.Fprintf(e.stdout, `
+  ******************************************************************
+  *  sluice --dev: embedded in-memory Redis. NOTHING PERSISTS:     *
+  *  every source is gone when this process exits. Not for         *
+  *  production.                                                   *
+  ******************************************************************
+  API key: %s
+
+`, cfg.APIKeys[0].Key)
+		log.Warn("development mode: in-memory redis, nothing persists", "redis_addr", mr.Addr())
+	} else if len(cfg.APIKeys) == 0 {
+		return errors.New("SLUICE_API_KEYS: at least one API key is required (or run with --dev)")
+	}
+
+	opts, err := redis.ParseURL(cfg.RedisURL)
+	if err != nil {
+		return fmt.Errorf("SLUICE_REDIS_URL: %w", err)
+	}
+	var rdb redis.UniversalClient = redis.NewClient(opts)
+	defer rdb.Close()
+	store := source.New(rdb, cfg.Prefix)
+
+	// draining turns /readyz to 503 as soon as shutdown starts, so load
+	// balancers stop sending before the listener closes.
+	var draining atomic.Bool
+	ready := func(ctx context.Context) error {
+		if draining.Load() {
+			return errors.New("shutting down")
+		}
+		return nil
+	}
+
+	keys := make([]api.Key, len(cfg.APIKeys))
+	for i, k := range cfg.APIKeys {
+		keys[i] = api.Key{Secret: k.Key, ProjectID: k.ProjectID}
+	}
+	apiOpts := api.Options{
+		Store:      store,
+		Keys:       keys,
+		PublicURL:  cfg.PublicURL,
+		MaxWorkers: cfg.MaxWorkers,
+		Logger:     log,
+		Ready:      ready,
+		// Per-source routes (status, dead letters) and root routes (/metrics)
+		// are wired here: SourceRoutes: ..., Routes: ...
+	}
+
+	ln, err := net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		return fmt.Errorf("SLUICE_LISTEN: %w", err)
+	}
+	srv := &http.Server{
+		Handler:           api.New(apiOpts),
+		ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout:       30 * time.Second,
+		WriteTimeout:      30 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+	}
+
+	// The daemon is a group of actors: the first to return stops the others,
+	// and Run returns when all have.
+	var g run.Group
+	{ // until ctx is done (SIGINT/SIGTERM)
+		g.Add(run.ContextHandler(ctx))
+	}
+	{ // the admin API
+		g.Add(func() error {
+			log.Info("admin api listening", "addr", ln.Addr().String(), "public_url", cfg.PublicURL, "prefix", cfg.Prefix, "version", version)
+			if e.listening != nil {
+				e.listening(ln.Addr().String())
+			}
+			if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+				return fmt.Errorf("admin api: %w", err)
+			}
+			return nil
+		}, func(error) {
+			draining.Store(true)
+			sctx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownGrace)
+			defer cancel()
+			if err := srv.Shutdown(sctx); err != nil {
+				log.Warn("admin api shutdown", "err", err)
+			}
+		})
+	}
+	// The supervisor joins here as one more actor, e.g.:
+	//   g.Add(func() error { return sup.Run(supCtx) }, func(error) { cancelSup() })
+
+	err = g.Run()
+	if errors.Is(err, context.Canceled) {
+		log.Info("shut down")
+		return nil
+	}
+	return err
+}
+
+func newLogger(cfg config.Config, w io.Writer) *slog.Logger {
+	var level slog.Level
+	_ = level.UnmarshalText([]byte(cfg.LogLevel)) // validated by config
+	o := &slog.HandlerOptions{Level: level}
+	if cfg.LogFormat == "text" {
+		return slog.New(slog.NewTextHandler(w, o))
+	}
+	return slog.New(slog.NewJSONHandler(w, o))
+}
