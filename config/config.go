@@ -43,6 +43,33 @@ type Config struct {
 	LogLevel string
 	// LogFormat is json or text. SLUICE_LOG_FORMAT, default json.
 	LogFormat string
+	// MetricsListen, when set, serves /metrics on its own address instead
+	// of the admin listener. SLUICE_METRICS_LISTEN, default "" (admin
+	// listener).
+	MetricsListen string
+
+	// BatchSize is the most messages a worker hands to the dispatch queue at
+	// once. SLUICE_BATCH_SIZE, default 100.
+	BatchSize int
+	// BatchWait is the longest a partial batch waits for more messages.
+	// SLUICE_BATCH_WAIT, default 50ms.
+	BatchWait time.Duration
+	// MaxMessageBytes is the largest message body accepted; larger ones are
+	// dead-lettered. SLUICE_MAX_MESSAGE_BYTES, default 1048576 (1 MiB).
+	MaxMessageBytes int
+	// DedupeWindow is how long a broker message identity is remembered to
+	// skip redeliveries. SLUICE_DEDUPE_WINDOW, default 24h.
+	DedupeWindow time.Duration
+	// HighWater is the dispatch stream length above which workers stop
+	// fetching. SLUICE_HIGH_WATER, default 1000000.
+	HighWater int
+	// LowWater is the length below which they resume. SLUICE_LOW_WATER,
+	// default 900000.
+	LowWater int
+	// ResyncInterval is the period of the supervisor's full resync of the
+	// source definitions (change notices are the fast path).
+	// SLUICE_RESYNC_INTERVAL, default 30s.
+	ResyncInterval time.Duration
 }
 
 // APIKey is one admin API key.
@@ -60,6 +87,14 @@ const (
 	DefaultShutdownGrace = 30 * time.Second
 	DefaultLogLevel      = "info"
 	DefaultLogFormat     = "json"
+
+	DefaultBatchSize       = 100
+	DefaultBatchWait       = 50 * time.Millisecond
+	DefaultMaxMessageBytes = 1 << 20
+	DefaultDedupeWindow    = 24 * time.Hour
+	DefaultHighWater       = 1_000_000
+	DefaultLowWater        = 900_000
+	DefaultResyncInterval  = 30 * time.Second
 )
 
 // Load reads the configuration through getenv (os.Getenv in production),
@@ -79,19 +114,43 @@ func Load(getenv func(string) string) (Config, error) {
 		errs = append(errs, err)
 	}
 	c.APIKeys = keys
-	if v := getenv("SLUICE_MAX_WORKERS"); v != "" {
-		n, err := strconv.Atoi(v)
-		if err != nil {
-			errs = append(errs, fmt.Errorf("SLUICE_MAX_WORKERS: not a number: %q", v))
+	c.MetricsListen = getenv("SLUICE_METRICS_LISTEN")
+	for _, f := range []struct {
+		name string
+		dst  *int
+	}{
+		{"SLUICE_MAX_WORKERS", &c.MaxWorkers},
+		{"SLUICE_BATCH_SIZE", &c.BatchSize},
+		{"SLUICE_MAX_MESSAGE_BYTES", &c.MaxMessageBytes},
+		{"SLUICE_HIGH_WATER", &c.HighWater},
+		{"SLUICE_LOW_WATER", &c.LowWater},
+	} {
+		name, dst := f.name, f.dst
+		if v := getenv(name); v != "" {
+			n, err := strconv.Atoi(v)
+			if err != nil {
+				errs = append(errs, fmt.Errorf("%s: not a number: %q", name, v))
+			}
+			*dst = n
 		}
-		c.MaxWorkers = n
 	}
-	if v := getenv("SLUICE_SHUTDOWN_GRACE"); v != "" {
-		d, err := time.ParseDuration(v)
-		if err != nil {
-			errs = append(errs, fmt.Errorf("SLUICE_SHUTDOWN_GRACE: not a duration like 30s: %q", v))
+	for _, f := range []struct {
+		name string
+		dst  *time.Duration
+	}{
+		{"SLUICE_SHUTDOWN_GRACE", &c.ShutdownGrace},
+		{"SLUICE_BATCH_WAIT", &c.BatchWait},
+		{"SLUICE_DEDUPE_WINDOW", &c.DedupeWindow},
+		{"SLUICE_RESYNC_INTERVAL", &c.ResyncInterval},
+	} {
+		name, dst := f.name, f.dst
+		if v := getenv(name); v != "" {
+			d, err := time.ParseDuration(v)
+			if err != nil {
+				errs = append(errs, fmt.Errorf("%s: not a duration like 30s: %q", name, v))
+			}
+			*dst = d
 		}
-		c.ShutdownGrace = d
 	}
 	if len(errs) > 0 {
 		return Config{}, errors.Join(errs...)
@@ -112,6 +171,13 @@ func (c *Config) ApplyDefaults() {
 	c.ShutdownGrace = cmp.Or(c.ShutdownGrace, DefaultShutdownGrace)
 	c.LogLevel = cmp.Or(c.LogLevel, DefaultLogLevel)
 	c.LogFormat = cmp.Or(c.LogFormat, DefaultLogFormat)
+	c.BatchSize = cmp.Or(c.BatchSize, DefaultBatchSize)
+	c.BatchWait = cmp.Or(c.BatchWait, DefaultBatchWait)
+	c.MaxMessageBytes = cmp.Or(c.MaxMessageBytes, DefaultMaxMessageBytes)
+	c.DedupeWindow = cmp.Or(c.DedupeWindow, DefaultDedupeWindow)
+	c.HighWater = cmp.Or(c.HighWater, DefaultHighWater)
+	c.LowWater = cmp.Or(c.LowWater, min(DefaultLowWater, c.HighWater-c.HighWater/10))
+	c.ResyncInterval = cmp.Or(c.ResyncInterval, DefaultResyncInterval)
 	if c.PublicURL == "" {
 		port := "8080"
 		if _, p, err := net.SplitHostPort(c.Listen); err == nil && p != "" && p != "0" {
@@ -153,6 +219,32 @@ func (c Config) Validate() error {
 	case "json", "text":
 	default:
 		errs = append(errs, fmt.Errorf("SLUICE_LOG_FORMAT: want json or text, got %q", c.LogFormat))
+	}
+	if c.MetricsListen != "" {
+		if _, _, err := net.SplitHostPort(c.MetricsListen); err != nil {
+			errs = append(errs, fmt.Errorf("SLUICE_METRICS_LISTEN: want host:port or :port, got %q", c.MetricsListen))
+		}
+	}
+	if c.BatchSize < 1 || c.BatchSize > 10000 {
+		errs = append(errs, fmt.Errorf("SLUICE_BATCH_SIZE: want 1..10000, got %d", c.BatchSize))
+	}
+	if c.BatchWait < 0 || c.BatchWait > time.Minute {
+		errs = append(errs, fmt.Errorf("SLUICE_BATCH_WAIT: want 0..1m, got %s", c.BatchWait))
+	}
+	if c.MaxMessageBytes < 1 {
+		errs = append(errs, fmt.Errorf("SLUICE_MAX_MESSAGE_BYTES: must be positive, got %d", c.MaxMessageBytes))
+	}
+	if c.DedupeWindow < time.Second {
+		errs = append(errs, fmt.Errorf("SLUICE_DEDUPE_WINDOW: want at least 1s, got %s", c.DedupeWindow))
+	}
+	if c.HighWater < 1 {
+		errs = append(errs, fmt.Errorf("SLUICE_HIGH_WATER: must be positive, got %d", c.HighWater))
+	}
+	if c.LowWater < 0 || c.LowWater > c.HighWater {
+		errs = append(errs, fmt.Errorf("SLUICE_LOW_WATER: want 0..SLUICE_HIGH_WATER (%d), got %d", c.HighWater, c.LowWater))
+	}
+	if c.ResyncInterval < time.Second {
+		errs = append(errs, fmt.Errorf("SLUICE_RESYNC_INTERVAL: want at least 1s, got %s", c.ResyncInterval))
 	}
 	return errors.Join(errs...)
 }

@@ -19,6 +19,8 @@ func TestLoadDefaults(t *testing.T) {
 		Listen: ":8080", RedisURL: "redis://127.0.0.1:6379/0", Prefix: "sluice",
 		PublicURL: "http://localhost:8080", MaxWorkers: 64, ShutdownGrace: 30 * time.Second,
 		LogLevel: "info", LogFormat: "json",
+		BatchSize: 100, BatchWait: 50 * time.Millisecond, MaxMessageBytes: 1 << 20,
+		DedupeWindow: 24 * time.Hour, HighWater: 1_000_000, LowWater: 900_000, ResyncInterval: 30 * time.Second,
 	}
 	if d := cmp.Diff(want, c); d != "" {
 		t.Fatalf("(-want +got)\n%s", d)
@@ -27,22 +29,32 @@ func TestLoadDefaults(t *testing.T) {
 
 func TestLoadEverything(t *testing.T) {
 	c, err := config.Load(env(map[string]string{
-		"SLUICE_LISTEN":         "127.0.0.1:9000",
-		"SLUICE_REDIS_URL":      "rediss://:pw@redis.internal:6380/2",
-		"SLUICE_PREFIX":         "tenant-a",
-		"SLUICE_API_KEYS":       " global-key-0123456789 , proj-1=project-key-0123456789,",
-		"SLUICE_PUBLIC_URL":     "https://hooks.example.com/",
-		"SLUICE_MAX_WORKERS":    "8",
-		"SLUICE_SHUTDOWN_GRACE": "5s",
-		"SLUICE_LOG_LEVEL":      "debug",
-		"SLUICE_LOG_FORMAT":     "text",
+		"SLUICE_LISTEN":            "127.0.0.1:9000",
+		"SLUICE_REDIS_URL":         "rediss://:pw@redis.internal:6380/2",
+		"SLUICE_PREFIX":            "tenant-a",
+		"SLUICE_API_KEYS":          " global-key-0123456789 , proj-1=project-key-0123456789,",
+		"SLUICE_PUBLIC_URL":        "https://hooks.example.com/",
+		"SLUICE_MAX_WORKERS":       "8",
+		"SLUICE_SHUTDOWN_GRACE":    "5s",
+		"SLUICE_LOG_LEVEL":         "debug",
+		"SLUICE_LOG_FORMAT":        "text",
+		"SLUICE_METRICS_LISTEN":    "127.0.0.1:9100",
+		"SLUICE_BATCH_SIZE":        "500",
+		"SLUICE_BATCH_WAIT":        "10ms",
+		"SLUICE_MAX_MESSAGE_BYTES": "65536",
+		"SLUICE_DEDUPE_WINDOW":     "1h",
+		"SLUICE_HIGH_WATER":        "5000",
+		"SLUICE_LOW_WATER":         "1000",
+		"SLUICE_RESYNC_INTERVAL":   "10s",
 	}))
 	require.NoError(t, err)
 	want := config.Config{
 		Listen: "127.0.0.1:9000", RedisURL: "rediss://:pw@redis.internal:6380/2", Prefix: "tenant-a",
 		APIKeys:   []config.APIKey{{Key: "global-key-0123456789"}, {Key: "project-key-0123456789", ProjectID: "proj-1"}},
 		PublicURL: "https://hooks.example.com", MaxWorkers: 8, ShutdownGrace: 5 * time.Second,
-		LogLevel: "debug", LogFormat: "text",
+		LogLevel: "debug", LogFormat: "text", MetricsListen: "127.0.0.1:9100",
+		BatchSize: 500, BatchWait: 10 * time.Millisecond, MaxMessageBytes: 65536,
+		DedupeWindow: time.Hour, HighWater: 5000, LowWater: 1000, ResyncInterval: 10 * time.Second,
 	}
 	if d := cmp.Diff(want, c); d != "" {
 		t.Fatalf("(-want +got)\n%s", d)
@@ -70,6 +82,15 @@ func TestLoadErrorsNameTheVariable(t *testing.T) {
 		{"SLUICE_SHUTDOWN_GRACE", "-1s"},
 		{"SLUICE_LOG_LEVEL", "verbose"},
 		{"SLUICE_LOG_FORMAT", "xml"},
+		{"SLUICE_METRICS_LISTEN", "9100"},
+		{"SLUICE_BATCH_SIZE", "0x"},
+		{"SLUICE_BATCH_SIZE", "-5"},
+		{"SLUICE_BATCH_WAIT", "2h"},
+		{"SLUICE_MAX_MESSAGE_BYTES", "-1"},
+		{"SLUICE_DEDUPE_WINDOW", "1ms"},
+		{"SLUICE_HIGH_WATER", "-1"},
+		{"SLUICE_LOW_WATER", "2000000"},
+		{"SLUICE_RESYNC_INTERVAL", "soon"},
 	} {
 		t.Run(c.name+"="+c.val, func(t *testing.T) {
 			_, err := config.Load(env(map[string]string{c.name: c.val}))
