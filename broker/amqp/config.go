@@ -100,6 +100,8 @@ func (c Config) Validate() error {
 		errs = append(errs, errors.New("host is required"))
 	} else if strings.ContainsAny(c.Host, "/@?# ") {
 		errs = append(errs, fmt.Errorf("host %q: must be a host name or address, not a URL", c.Host))
+	} else if strings.Contains(c.Host, ":") && net.ParseIP(c.Host) == nil {
+		errs = append(errs, fmt.Errorf("host %q: must be a host name or address; give the port in port", c.Host))
 	}
 	if c.Port != "" {
 		if p, err := strconv.Atoi(c.Port); err != nil || p < 1 || p > 65535 {

@@ -77,6 +77,9 @@ func TestValidateNamesEveryProblem(t *testing.T) {
 	if err := (Config{Host: "amqp://guest:guest@h", Queue: "q"}).Validate(); err == nil || !strings.Contains(err.Error(), "not a URL") {
 		t.Errorf("Validate with a URL as host = %v", err)
 	}
+	if err := (Config{Host: "rabbit:5672", Queue: "q"}).Validate(); err == nil || !strings.Contains(err.Error(), "port in port") {
+		t.Errorf("Validate with host:port as host = %v", err)
+	}
 }
 
 func TestDefaults(t *testing.T) {

@@ -71,6 +71,7 @@ package amqp
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -162,13 +163,17 @@ func (c *Consumer) session(ctx context.Context, h broker.Handler) (consumed bool
 	u := c.cfg.URL()
 	props := amqp091.NewConnectionProperties()
 	props.SetClientConnectionName(c.cfg.ConnectionName)
-	conn, err := amqp091.DialConfig(u.String(), amqp091.Config{
+	conf := amqp091.Config{
 		Heartbeat:  c.cfg.Heartbeat,
 		Properties: props,
-		Dial:       amqp091.DefaultDial(c.cfg.DialTimeout),
-		// amqps with a nil TLSClientConfig verifies against the system roots
-		// with the URL's host as server name.
-	})
+		// The deadline it sets also bounds the TLS and AMQP handshakes.
+		Dial: amqp091.DefaultDial(c.cfg.DialTimeout),
+	}
+	if c.cfg.Schema == "amqps" {
+		// Nil RootCAs: the system roots.
+		conf.TLSClientConfig = &tls.Config{ServerName: c.cfg.Host, MinVersion: tls.VersionTLS12}
+	}
+	conn, err := amqp091.DialConfig(u.String(), conf)
 	if err != nil {
 		return false, fmt.Errorf("connect to %s: %w", u.Redacted(), err)
 	}

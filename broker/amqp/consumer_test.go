@@ -6,6 +6,11 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
+	"log"
+	"net"
+	"net/http"
+	"net/http/httptest"
 	"strconv"
 	"strings"
 	"sync"
@@ -387,4 +392,25 @@ func TestQueueDeletedWhileConsuming(t *testing.T) {
 	}
 	waitFor(t, 10*time.Second, "the second message", func() bool { return h.count() == 2 })
 	stop()
+}
+
+// TestAMQPSVerifiesTheServer dials amqps to a TLS server whose certificate
+// no system root signed: the handshake must fail on verification.
+func TestAMQPSVerifiesTheServer(t *testing.T) {
+	t.Parallel()
+	srv := httptest.NewUnstartedServer(http.NotFoundHandler())
+	srv.Config.ErrorLog = log.New(io.Discard, "", 0)
+	srv.StartTLS()
+	defer srv.Close()
+	host, port, err := net.SplitHostPort(srv.Listener.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := Config{Schema: "amqps", Host: host, Port: port, Queue: "q"}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	err = newConsumer(t, cfg).Run(ctx, &countingHandler{})
+	if err == nil || !strings.Contains(err.Error(), "certificate") {
+		t.Fatalf("Run against an untrusted TLS server = %v, want a certificate error", err)
+	}
 }

@@ -31,8 +31,14 @@ import (
 )
 
 func TestMain(m *testing.M) {
+	// go-redis logs every failed dial of the Redis outage test.
+	redis.SetLogger(quietRedis{})
 	goleak.VerifyTestMain(m)
 }
+
+type quietRedis struct{}
+
+func (quietRedis) Printf(context.Context, string, ...any) {}
 
 // The real RabbitMQ and Redis of the machine (overridable for CI).
 func rabbitHost() string { return envOr("SLUICE_TEST_AMQP_HOST", "127.0.0.1") }
@@ -351,6 +357,25 @@ func (h *dispatchHandler) wait(tb testing.TB, timeout time.Duration) {
 	case <-h.done:
 	case <-time.After(timeout):
 		tb.Fatalf("written %d of %d events within %v", h.written.Load(), h.target, timeout)
+	}
+}
+
+// waitStream waits until the dispatch stream holds at least n entries. Tests
+// with faults wait on the stream, not on the handler's Written count: a
+// write whose reply was lost comes back as a Duplicate when retried.
+func waitStream(tb testing.TB, rdb *redis.Client, q *dispatch.Queue, n int, timeout time.Duration) {
+	tb.Helper()
+	deadline := time.Now().Add(timeout)
+	var got int64
+	for {
+		got, _ = rdb.XLen(context.Background(), q.StreamKey()).Result()
+		if got >= int64(n) {
+			return
+		}
+		if time.Now().After(deadline) {
+			tb.Fatalf("dispatch stream holds %d of %d entries after %v", got, n, timeout)
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }
 
