@@ -15,10 +15,14 @@ import (
 	"time"
 
 	"github.com/alicebob/miniredis/v2"
+	"github.com/go-chi/chi/v5"
 	"github.com/oklog/run"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/sluice-io/sluice/broker"
+	"github.com/sluice-io/sluice/broker/supervisor"
 	"github.com/sluice-io/sluice/config"
+	"github.com/sluice-io/sluice/dispatch"
 	"github.com/sluice-io/sluice/source"
 	"github.com/sluice-io/sluice/source/api"
 )
@@ -92,6 +96,11 @@ func serve(ctx context.Context, e serveEnv) error {
 	} else if len(cfg.APIKeys) == 0 {
 		return errors.New("SLUICE_API_KEYS: at least one API key is required (or run with --dev)")
 	}
+	for i, k := range cfg.APIKeys {
+		if len(k.Key) < config.MinKeyLength {
+			log.Warn("weak admin api key: shorter than recommended", "entry", i+1, "min_length", config.MinKeyLength, "project_id", k.ProjectID)
+		}
+	}
 
 	opts, err := redis.ParseURL(cfg.RedisURL)
 	if err != nil {
@@ -99,14 +108,35 @@ func serve(ctx context.Context, e serveEnv) error {
 	}
 	var rdb redis.UniversalClient = redis.NewClient(opts)
 	defer rdb.Close()
+	m := newMetrics()
+	rdb.AddHook(m.redisHook())
 	store := source.New(rdb, cfg.Prefix)
+	queue := dispatch.New(rdb, dispatch.Options{
+		Prefix:       cfg.Prefix,
+		DedupeWindow: cfg.DedupeWindow,
+		HighWater:    int64(cfg.HighWater),
+		LowWater:     int64(cfg.LowWater),
+		Decode:       dispatch.DecodeOptions{MaxBodyBytes: cfg.MaxMessageBytes},
+		Logger:       log,
+	})
+	m.watchQueue(queue)
+	sup := supervisor.New(store, queue,
+		consumerFactory(broker.Batch{Size: cfg.BatchSize, Wait: cfg.BatchWait}, log),
+		supervisor.Config{
+			Resync: cfg.ResyncInterval,
+			Grace:  cfg.ShutdownGrace,
+			Decode: dispatch.DecodeOptions{MaxBodyBytes: cfg.MaxMessageBytes},
+		}, supervisor.NewMetrics(m.reg), log)
 
 	// draining turns /readyz to 503 as soon as shutdown starts, so load
 	// balancers stop sending before the listener closes.
 	var draining atomic.Bool
 	ready := func(ctx context.Context) error {
-		if draining.Load() {
+		switch {
+		case draining.Load():
 			return errors.New("shutting down")
+		case !sup.Ready():
+			return errors.New("sources not reconciled yet")
 		}
 		return nil
 	}
@@ -122,8 +152,13 @@ func serve(ctx context.Context, e serveEnv) error {
 		MaxWorkers: cfg.MaxWorkers,
 		Logger:     log,
 		Ready:      ready,
-		// Per-source routes (status, dead letters) and root routes (/metrics)
-		// are wired here: SourceRoutes: ..., Routes: ...
+		SourceRoutes: func(r chi.Router) {
+			api.StatusRoutes(func(id string) any { st, _ := sup.Status(id); return st })(r)
+			api.DeadLetterRoutes(queue)(r)
+		},
+	}
+	if cfg.MetricsListen == "" {
+		apiOpts.Routes = func(r chi.Router) { r.Handle("/metrics", m.handler()) }
 	}
 
 	ln, err := net.Listen("tcp", cfg.Listen)
@@ -142,7 +177,8 @@ func serve(ctx context.Context, e serveEnv) error {
 	// The daemon is a group of actors: the first to return stops the others,
 	// and Run returns when all have.
 	var g run.Group
-	{ // until ctx is done (SIGINT/SIGTERM)
+	supDone := make(chan struct{}) // closed when every worker has stopped
+	{                              // until ctx is done (SIGINT/SIGTERM)
 		g.Add(run.ContextHandler(ctx))
 	}
 	{ // the admin API
@@ -156,16 +192,46 @@ func serve(ctx context.Context, e serveEnv) error {
 			}
 			return nil
 		}, func(error) {
+			// Keep answering (readyz says 503) until the workers have drained,
+			// then stop the listener.
 			draining.Store(true)
-			sctx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownGrace)
+			select {
+			case <-supDone:
+			case <-time.After(cfg.ShutdownGrace):
+			}
+			sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 			defer cancel()
 			if err := srv.Shutdown(sctx); err != nil {
 				log.Warn("admin api shutdown", "err", err)
 			}
 		})
 	}
-	// The supervisor joins here as one more actor, e.g.:
-	//   g.Add(func() error { return sup.Run(supCtx) }, func(error) { cancelSup() })
+	{ // the dispatch stream's length, for backpressure
+		qctx, cancel := context.WithCancel(context.Background())
+		g.Add(func() error { return queue.Run(qctx) }, func(error) { cancel() })
+	}
+	{ // the workers of every pub_sub source; a stop lets them write and ack
+		// what they hold, within the shutdown grace
+		sctx, cancel := context.WithCancel(context.Background())
+		g.Add(func() error { defer close(supDone); return sup.Run(sctx) }, func(error) {
+			draining.Store(true)
+			cancel()
+		})
+	}
+	if cfg.MetricsListen != "" { // /metrics on a listener of its own
+		mln, err := net.Listen("tcp", cfg.MetricsListen)
+		if err != nil {
+			return fmt.Errorf("SLUICE_METRICS_LISTEN: %w", err)
+		}
+		msrv := &http.Server{Handler: m.handler(), ReadHeaderTimeout: 10 * time.Second}
+		g.Add(func() error {
+			log.Info("metrics listening", "addr", mln.Addr().String())
+			if err := msrv.Serve(mln); !errors.Is(err, http.ErrServerClosed) {
+				return fmt.Errorf("metrics listener: %w", err)
+			}
+			return nil
+		}, func(error) { _ = msrv.Close() })
+	}
 
 	err = g.Run()
 	if errors.Is(err, context.Canceled) {

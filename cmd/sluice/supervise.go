@@ -1,0 +1,47 @@
+package main
+
+import (
+	"fmt"
+	"log/slog"
+
+	"github.com/sluice-io/sluice/broker"
+	"github.com/sluice-io/sluice/broker/amqp"
+	"github.com/sluice-io/sluice/broker/gcppubsub"
+	"github.com/sluice-io/sluice/broker/supervisor"
+	"github.com/sluice-io/sluice/source"
+)
+
+// consumerFactory is the supervisor's Factory: it maps a source's pub_sub
+// block to the configuration of its broker package (consumer_<kind>.go) and
+// builds one worker's consumer. batch applies to every broker.
+func consumerFactory(batch broker.Batch, log *slog.Logger) supervisor.Factory {
+	return func(src source.Source, worker int) (broker.Consumer, error) {
+		ps := src.PubSub
+		l := log.With("source_id", src.UID, "project_id", src.ProjectID, "broker", ps.Type, "worker", worker)
+		switch ps.Type {
+		case source.PubSubAMQP:
+			cfg, err := amqpConfig(ps, src.UID)
+			cfg.Batch = batch
+			return consumer(cfg, err, amqp.New, l)
+		case source.PubSubGoogle:
+			cfg, err := googleConfig(ps, src.UID)
+			cfg.Batch = batch
+			return consumer(cfg, err, gcppubsub.New, l)
+		default:
+			return nil, fmt.Errorf("pub_sub.type %q is not supported", ps.Type)
+		}
+	}
+}
+
+// consumer builds a consumer from a mapped configuration, keeping a nil
+// consumer out of the broker.Consumer interface.
+func consumer[C any, K broker.Consumer](cfg C, err error, build func(C, *slog.Logger) (K, error), log *slog.Logger) (broker.Consumer, error) {
+	if err != nil {
+		return nil, err
+	}
+	c, err := build(cfg, log)
+	if err != nil {
+		return nil, err
+	}
+	return c, nil
+}
