@@ -293,6 +293,9 @@ func (h *countingHandler) count() int {
 // character that needs escaping in a URL's userinfo, and checks that a
 // wrong password fails without showing up in the error.
 func TestSpecialPassword(t *testing.T) {
+	if testing.Short() {
+		t.Skip("slow: rabbitmqctl or a fault lasting seconds")
+	}
 	t.Parallel()
 	var b [4]byte
 	_, _ = rand.Read(b[:])

@@ -72,6 +72,9 @@ func messageIDs(prefix string, n int) []string {
 // themselves; the unacked deliveries come back and dedupe keeps the stream
 // exactly-once.
 func TestConnectionsClosedMidStream(t *testing.T) {
+	if testing.Short() {
+		t.Skip("slow: rabbitmqctl or a fault lasting seconds")
+	}
 	t.Parallel()
 	a := newAdmin(t)
 	name := uniqueName(t)
@@ -130,6 +133,9 @@ func TestConnectionsClosedMidStream(t *testing.T) {
 // messages flow: the workers keep the batch in hand un-acked, retry it with
 // backoff, and once Redis is back the stream holds every message once.
 func TestRedisStoppedMidStream(t *testing.T) {
+	if testing.Short() {
+		t.Skip("slow: rabbitmqctl or a fault lasting seconds")
+	}
 	t.Parallel()
 	a := newAdmin(t)
 	name := uniqueName(t)
