@@ -75,6 +75,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -166,8 +167,7 @@ func (c *Consumer) session(ctx context.Context, h broker.Handler) (consumed bool
 	conf := amqp091.Config{
 		Heartbeat:  c.cfg.Heartbeat,
 		Properties: props,
-		// The deadline it sets also bounds the TLS and AMQP handshakes.
-		Dial: amqp091.DefaultDial(c.cfg.DialTimeout),
+		Dial:       c.dialer(ctx),
 	}
 	if c.cfg.Schema == "amqps" {
 		// Nil RootCAs: the system roots.
@@ -206,6 +206,24 @@ func (c *Consumer) session(ctx context.Context, h broker.Handler) (consumed bool
 
 	s := &loop{c: c, h: h, ch: ch, deliveries: deliveries, closed: closed, cancelled: cancelled}
 	return true, s.run(ctx)
+}
+
+// dialer connects over TCP, giving up when ctx is done, and bounds the TLS
+// and AMQP handshakes that follow with a deadline (which the client library
+// clears once the connection is open).
+func (c *Consumer) dialer(ctx context.Context) func(network, addr string) (net.Conn, error) {
+	return func(network, addr string) (net.Conn, error) {
+		d := net.Dialer{Timeout: c.cfg.DialTimeout}
+		conn, err := d.DialContext(ctx, network, addr)
+		if err != nil {
+			return nil, err
+		}
+		if err := conn.SetDeadline(time.Now().Add(c.cfg.DialTimeout)); err != nil {
+			conn.Close()
+			return nil, err
+		}
+		return conn, nil
+	}
 }
 
 // declare checks the exchanges, declares and binds the queue, and returns the
