@@ -44,7 +44,6 @@ func (h *handler) Handle(ctx context.Context, batch []broker.Message) (results [
 	m.inFlight.Add(float64(len(batch)))
 	defer m.inFlight.Sub(float64(len(batch)))
 	m.batchSize.Observe(float64(len(batch)))
-	h.w.received(len(batch))
 
 	if err := h.queue.WaitBelowHighWater(ctx); err != nil {
 		return nil, fmt.Errorf("wait for the dispatch stream to drain: %w", err)

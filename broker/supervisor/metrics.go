@@ -34,7 +34,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		return prometheus.NewCounterVec(prometheus.CounterOpts{Name: name, Help: help}, append(sourceLabelNames[:3:3], extra...))
 	}
 	m := &Metrics{
-		received:     counter("sluice_messages_received_total", "Messages handed over by a broker consumer."),
+		received:     counter("sluice_messages_received_total", "Messages received and settled: dispatched + duplicate + dead-lettered."),
 		dispatched:   counter("sluice_messages_dispatched_total", "Messages written to the dispatch stream."),
 		duplicates:   counter("sluice_messages_duplicate_total", "Redelivered messages skipped because the dispatch stream already holds them."),
 		deadLettered: counter("sluice_messages_dead_lettered_total", "Malformed messages dead-lettered, by reason class.", "reason"),

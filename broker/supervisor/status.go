@@ -26,11 +26,12 @@ type WorkerStatus struct {
 	LastError     string     `json:"last_error,omitempty"`
 	LastErrorAt   *time.Time `json:"last_error_at,omitempty"`
 	LastMessageAt *time.Time `json:"last_message_at,omitempty"`
-	Received      int64      `json:"received"`
-	Dispatched    int64      `json:"dispatched"`
-	Duplicates    int64      `json:"duplicates"`
-	DeadLettered  int64      `json:"dead_lettered"`
-	Failures      int64      `json:"failures"`
+	// Received counts settled messages: Dispatched + Duplicates + DeadLettered.
+	Received     int64 `json:"received"`
+	Dispatched   int64 `json:"dispatched"`
+	Duplicates   int64 `json:"duplicates"`
+	DeadLettered int64 `json:"dead_lettered"`
+	Failures     int64 `json:"failures"`
 	// Lag is how many messages wait on the broker for this worker, where the
 	// broker can tell (Kafka lag, SQS backlog, AMQP queue depth).
 	Lag *int64 `json:"lag,omitempty"`
@@ -81,13 +82,6 @@ func (s *Supervisor) Status(sourceID string) (SourceStatus, error) {
 	return st, nil
 }
 
-func (w *worker) received(n int) {
-	w.mu.Lock()
-	w.status.Received += int64(n)
-	w.mu.Unlock()
-	w.metrics.received.Add(float64(n))
-}
-
 func (w *worker) transient(err error) {
 	w.fail(err)
 	w.metrics.failures.Inc()
@@ -95,7 +89,9 @@ func (w *worker) transient(err error) {
 
 func (w *worker) settled(written, dups, dead int, at time.Time) {
 	at = at.UTC()
+	received := written + dups + dead
 	w.mu.Lock()
+	w.status.Received += int64(received)
 	w.status.Dispatched += int64(written)
 	w.status.Duplicates += int64(dups)
 	w.status.DeadLettered += int64(dead)
@@ -106,6 +102,7 @@ func (w *worker) settled(written, dups, dead int, at time.Time) {
 	} else {
 		w.mu.Unlock()
 	}
+	w.metrics.received.Add(float64(received))
 	w.metrics.dispatched.Add(float64(written))
 	w.metrics.duplicates.Add(float64(dups))
 }
