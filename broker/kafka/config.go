@@ -50,6 +50,12 @@ type Config struct {
 	// Batch bounds the batches handed to the Handler. Defaults 100 messages /
 	// 50ms (broker.Batch).
 	Batch broker.Batch
+	// Inflight is how many batches the worker hands to the Handler at once.
+	// Above 1 the decoding of one batch overlaps the write of the previous,
+	// and a partition's messages may reach the dispatch stream out of order
+	// (commits stay in order). 1 keeps the stream in partition order.
+	// Default 2.
+	Inflight int
 	// Backoff spaces the retries of a failing Handle, fetch or commit.
 	// Default 100ms doubling up to 5s.
 	Backoff broker.Backoff
@@ -108,6 +114,7 @@ func DefaultGroupID(sourceID string) string {
 func (c Config) withDefaults() Config {
 	c.ClientID = cmp.Or(c.ClientID, "sluice")
 	c.Batch = c.Batch.WithDefaults()
+	c.Inflight = cmp.Or(c.Inflight, 2)
 	c.Backoff.Min = cmp.Or(c.Backoff.Min, 100*time.Millisecond)
 	c.Backoff.Max = cmp.Or(c.Backoff.Max, 5*time.Second)
 	c.MaxWait = cmp.Or(c.MaxWait, 500*time.Millisecond)
@@ -165,6 +172,9 @@ func (c Config) Validate() error {
 		} else if _, err := certPool(c.Auth.CACert); err != nil {
 			errs = append(errs, err)
 		}
+	}
+	if c.Inflight < 0 {
+		errs = append(errs, errors.New("inflight: must not be negative"))
 	}
 	for _, d := range []struct {
 		name string

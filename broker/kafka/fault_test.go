@@ -27,6 +27,7 @@ type queueHandler struct {
 	q        *dispatch.Queue
 	sourceID string
 	before   func(batch []broker.Message)
+	fail     func(batch []broker.Message) error // a transient failure before the write
 
 	batches    atomic.Int64
 	failures   atomic.Int64
@@ -38,6 +39,12 @@ func (h *queueHandler) Handle(ctx context.Context, batch []broker.Message) ([]br
 	h.batches.Add(1)
 	if h.before != nil {
 		h.before(batch)
+	}
+	if h.fail != nil {
+		if err := h.fail(batch); err != nil {
+			h.failures.Add(1)
+			return nil, err
+		}
 	}
 	results := make([]broker.Result, len(batch))
 	events := make([]dispatch.Event, 0, len(batch))
@@ -468,4 +475,59 @@ func TestRebalance(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Logf("%d batches, %d redelivered messages absorbed by dedupe", h.batches.Load(), h.duplicates.Load())
+}
+
+// TestFailingBatchHoldsCommits: one batch keeps failing while the batch in
+// flight beside it may be written; no commit of its partition may pass it,
+// and once it goes through everything is committed, each message written
+// once.
+func TestFailingBatchHoldsCommits(t *testing.T) {
+	t.Parallel()
+	e := newKafka(t, nil)
+	topic := e.topic(t, 2)
+	group := unique("g")
+	rdb := sharedRedis(t)
+	q := dispatch.New(rdb, dispatch.Options{Prefix: redisKeys(t, rdb)})
+	const n = 2000
+	if err := e.produce(context.Background(), topic, records(n)); err != nil {
+		t.Fatal(err)
+	}
+	poison := topic + "/0/300"
+	var broken atomic.Bool
+	broken.Store(true)
+	h := &queueHandler{q: q, sourceID: "src", fail: func(batch []broker.Message) error {
+		for _, m := range batch {
+			if m.ID == poison && broken.Load() {
+				return fmt.Errorf("write of %s failed", poison)
+			}
+		}
+		return nil
+	}}
+	cfg := config(e, topic, group)
+	cfg.Batch = broker.Batch{Size: 50}
+	c, err := kafka.New(cfg, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	run(t, c, h)
+	eventually(t, 30*time.Second, "the poisoned batch to fail 5 times", func() (bool, string) {
+		committed, err := e.committed(context.Background(), group, topic)
+		if err != nil {
+			return false, err.Error()
+		}
+		if committed[0] > 300 {
+			t.Fatalf("partition 0 committed at %d, past the failing offset 300", committed[0])
+		}
+		return h.failures.Load() >= 5, fmt.Sprintf("failures %d, committed %v", h.failures.Load(), committed)
+	})
+	ids, err := streamIDs(context.Background(), rdb, q.StreamKey())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := ids[poison]; ok {
+		t.Fatal("the failing message is in the stream")
+	}
+	broken.Store(false)
+	waitStream(t, rdb, q.StreamKey(), n, 30*time.Second)
+	waitUnacked(t, e, group, topic, 30*time.Second)
 }

@@ -230,20 +230,47 @@ func (c *Consumer) probe(ctx context.Context) error {
 	return errors.Join(errs...)
 }
 
-// consume is the fetch, handle, mark loop. It returns nil when ctx is done
-// and an error only when the Handler breaks its contract.
+// consume is the fetch, handle, mark loop. Up to Inflight batches are
+// handled at once; a batch that fails is retried in place and nothing more is
+// fetched until it is settled. It returns nil when ctx is done and an error
+// only when the Handler breaks its contract.
 func (c *Consumer) consume(ctx context.Context, r *kafkago.Reader, hs *health, cm *committer) error {
-	batch := make([]broker.Message, 0, c.cfg.Batch.Size)
-	fetched := make([]kafkago.Message, 0, c.cfg.Batch.Size)
+	var (
+		wm       = newWatermark()
+		slots    = make(chan struct{}, c.cfg.Inflight)
+		batches  sync.WaitGroup
+		failures = newFailures()
+		fatal    = make(chan error, c.cfg.Inflight)
+	)
+	defer batches.Wait()
 	fetchAttempt := 0
-	for ctx.Err() == nil {
-		var err error
-		fetched, err = c.fetch(ctx, r, fetched[:0])
+	for {
+		// A slot, no batch failing, no broken contract, ctx not done.
+		select {
+		case slots <- struct{}{}:
+		case <-ctx.Done():
+			return nil
+		case err := <-fatal:
+			return err
+		}
+		select {
+		case <-failures.none():
+		case <-ctx.Done():
+			<-slots
+			return nil
+		case err := <-fatal:
+			return err
+		}
+		fetched, err := c.fetch(ctx, r, make([]kafkago.Message, 0, c.cfg.Batch.Size))
 		if len(fetched) == 0 {
+			<-slots
 			if err != nil && ctx.Err() == nil {
 				hs.set(kindFetch, fmt.Errorf("fetch from kafka topic %q: %w", c.cfg.Topic, err))
 				c.cfg.Backoff.Sleep(ctx, fetchAttempt)
 				fetchAttempt++
+			}
+			if ctx.Err() != nil {
+				return nil
 			}
 			continue
 		}
@@ -251,22 +278,26 @@ func (c *Consumer) consume(ctx context.Context, r *kafkago.Reader, hs *health, c
 		hs.set(kindFetch, nil)
 		hs.set(kindClient, nil)
 
-		batch = batch[:0]
+		marks := wm.add(fetched)
+		batch := make([]broker.Message, len(fetched))
 		for i := range fetched {
-			batch = append(batch, message(&fetched[i]))
+			batch[i] = message(&fetched[i])
 		}
-		settled, err := c.settle(ctx, hs, batch)
-		if err != nil {
-			return err
-		}
-		if !settled {
-			// Stopped while the Handler was failing: nothing of the batch is
-			// committed, the group redelivers it.
-			return nil
-		}
-		cm.mark(fetched)
+		batches.Go(func() {
+			defer func() { <-slots }()
+			settled, err := c.settle(ctx, hs, failures, batch)
+			if err != nil {
+				fatal <- err
+				return
+			}
+			if settled {
+				cm.mark(wm.settle(marks))
+			}
+			// Not settled: stopped while the Handler was failing. Nothing of
+			// the batch (or after it, per partition) is committed; the group
+			// redelivers it.
+		})
 	}
-	return nil
 }
 
 // fetch appends to buf up to Batch.Size messages: it blocks for the first,
@@ -300,10 +331,17 @@ func (c *Consumer) fetch(ctx context.Context, r *kafkago.Reader, buf []kafkago.M
 }
 
 // settle hands batch to h until it is settled, retrying the same batch after
-// a backoff when Handle fails. It reports false when ctx ended while Handle
-// was failing (one last attempt is made after ctx is done).
-func (c *Consumer) settle(ctx context.Context, hs *health, batch []broker.Message) (bool, error) {
+// a backoff when Handle fails; failures counts it as failing meanwhile. It
+// reports false when ctx ended while Handle was failing (one last attempt is
+// made after ctx is done).
+func (c *Consumer) settle(ctx context.Context, hs *health, failures *failures, batch []broker.Message) (bool, error) {
 	hctx := context.WithoutCancel(ctx)
+	failed := false
+	defer func() {
+		if failed {
+			failures.add(-1)
+		}
+	}()
 	for attempt := 0; ; attempt++ {
 		last := ctx.Err() != nil
 		results, err := hs.h.Handle(hctx, batch)
@@ -319,6 +357,10 @@ func (c *Consumer) settle(ctx context.Context, hs *health, batch []broker.Messag
 			hs.set(kindHandle, nil)
 			return true, nil
 		}
+		if !failed {
+			failed = true
+			failures.add(1)
+		}
 		hs.set(kindHandle, fmt.Errorf("handle batch of %d kafka messages: %w", len(batch), err))
 		if last {
 			return false, nil
@@ -326,6 +368,107 @@ func (c *Consumer) settle(ctx context.Context, hs *health, batch []broker.Messag
 		c.logger.Warn("handle failed, retrying the same batch", "batch", len(batch), "attempt", attempt+1, "err", err)
 		c.cfg.Backoff.Sleep(ctx, attempt)
 	}
+}
+
+// failures counts the batches whose Handle is failing; none is closed while
+// the count is zero.
+type failures struct {
+	mu    sync.Mutex
+	n     int
+	clear chan struct{}
+}
+
+func newFailures() *failures {
+	f := &failures{clear: make(chan struct{})}
+	close(f.clear)
+	return f
+}
+
+func (f *failures) add(d int) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	was := f.n
+	f.n += d
+	switch {
+	case was == 0 && f.n > 0:
+		f.clear = make(chan struct{})
+	case was > 0 && f.n == 0:
+		close(f.clear)
+	}
+}
+
+func (f *failures) none() <-chan struct{} {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.clear
+}
+
+// watermark orders the settlement of in-flight batches per partition: a
+// batch's messages of a partition become committable only when every earlier
+// batch holding that partition is settled too. kafka-go hands a partition's
+// messages over in offset order, so what it releases is always a settled
+// prefix of the partition.
+type watermark struct {
+	mu    sync.Mutex
+	parts map[int][]*mark // partition → its marks in fetch order
+}
+
+// mark is the last message of one partition in one batch.
+type mark struct {
+	last    kafkago.Message
+	settled bool
+}
+
+func newWatermark() *watermark { return &watermark{parts: make(map[int][]*mark)} }
+
+// add registers a fetched batch, in fetch order, and returns its marks.
+func (w *watermark) add(msgs []kafkago.Message) []*mark {
+	byPart := make(map[int]*mark)
+	var marks []*mark
+	for _, m := range msgs {
+		if mk, ok := byPart[m.Partition]; ok {
+			if m.Offset > mk.last.Offset {
+				mk.last = m
+			}
+			continue
+		}
+		mk := &mark{last: m}
+		byPart[m.Partition] = mk
+		marks = append(marks, mk)
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for _, mk := range marks {
+		w.parts[mk.last.Partition] = append(w.parts[mk.last.Partition], mk)
+	}
+	return marks
+}
+
+// settle marks a batch settled and returns, per partition, the highest
+// message that is now committable.
+func (w *watermark) settle(marks []*mark) []kafkago.Message {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	var out []kafkago.Message
+	for _, mk := range marks {
+		mk.settled = true
+		p := mk.last.Partition
+		q := w.parts[p]
+		i := 0
+		for i < len(q) && q[i].settled {
+			i++
+		}
+		if i == 0 {
+			continue
+		}
+		out = append(out, q[i-1].last)
+		if i == len(q) {
+			delete(w.parts, p)
+		} else {
+			w.parts[p] = q[i:]
+		}
+	}
+	return out
 }
 
 // message converts a kafka-go message. The body and header values are not
