@@ -4,6 +4,7 @@
 //
 //	sluice serve [flags]   run the daemon (see serve --help)
 //	sluice tail [flags]    print the dispatch stream as JSON lines
+//	sluice healthcheck     exit 0 when the local daemon answers /healthz
 //	sluice version         print the version
 package main
 
@@ -22,6 +23,9 @@ var version = "dev"
 func main() {
 	// SIGINT/SIGTERM cancel ctx: every subcommand stops gracefully on it.
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	// After the first signal the default action is back: a second one ends
+	// the process at once.
+	context.AfterFunc(ctx, stop)
 	code := runCommand(ctx, os.Args[1:], os.Getenv, os.Stdout, os.Stderr)
 	stop()
 	os.Exit(code)
@@ -30,9 +34,10 @@ func main() {
 const usage = `usage: sluice <command> [flags]
 
 commands:
-  serve     run the daemon (sluice serve --help for flags)
-  tail      print the dispatch stream as JSON lines (sluice tail --help)
-  version   print the version
+  serve        run the daemon (sluice serve --help for flags)
+  tail         print the dispatch stream as JSON lines (sluice tail --help)
+  healthcheck  exit 0 when the local daemon answers /healthz (container HEALTHCHECK)
+  version      print the version
 `
 
 // runCommand dispatches a subcommand and returns the process exit code.
@@ -51,6 +56,12 @@ func runCommand(ctx context.Context, args []string, getenv func(string) string, 
 	case "tail":
 		if err := runTail(ctx, args[1:], stdout); err != nil && ctx.Err() == nil {
 			fmt.Fprintln(stderr, "sluice tail:", err)
+			return 1
+		}
+		return 0
+	case "healthcheck":
+		if err := runHealthcheck(ctx, args[1:], getenv, stderr); err != nil {
+			fmt.Fprintln(stderr, "sluice healthcheck:", err)
 			return 1
 		}
 		return 0

@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -182,16 +183,22 @@ func serve(ctx context.Context, e serveEnv) error {
 		g.Add(run.ContextHandler(ctx))
 	}
 	{ // the admin API
+		// run.Group calls interrupts one after another, so this one only
+		// signals; the drain wait happens in execute.
+		stopping := make(chan struct{})
+		var stopOnce sync.Once
 		g.Add(func() error {
 			log.Info("admin api listening", "addr", ln.Addr().String(), "public_url", cfg.PublicURL, "prefix", cfg.Prefix, "version", version)
 			if e.listening != nil {
 				e.listening(ln.Addr().String())
 			}
-			if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+			served := make(chan error, 1)
+			go func() { served <- srv.Serve(ln) }()
+			select {
+			case err := <-served:
 				return fmt.Errorf("admin api: %w", err)
+			case <-stopping:
 			}
-			return nil
-		}, func(error) {
 			// Keep answering (readyz says 503) until the workers have drained,
 			// then stop the listener.
 			draining.Store(true)
@@ -204,6 +211,13 @@ func serve(ctx context.Context, e serveEnv) error {
 			if err := srv.Shutdown(sctx); err != nil {
 				log.Warn("admin api shutdown", "err", err)
 			}
+			if err := <-served; !errors.Is(err, http.ErrServerClosed) {
+				return fmt.Errorf("admin api: %w", err)
+			}
+			return nil
+		}, func(error) {
+			draining.Store(true)
+			stopOnce.Do(func() { close(stopping) })
 		})
 	}
 	{ // the dispatch stream's length, for backpressure

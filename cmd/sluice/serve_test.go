@@ -95,8 +95,19 @@ func TestServeDev(t *testing.T) {
 		require.NoError(t, err)
 		return resp.StatusCode, string(b)
 	}
-	code, body := call("GET", "/readyz", "")
+	// Ready once the first reconcile is done: poll with a deadline.
+	var code int
+	var body string
+	for deadline := time.Now().Add(20 * time.Second); ; {
+		if code, body = call("GET", "/readyz", ""); code == 200 || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 	require.Equal(t, 200, code, body)
+	require.NoError(t, runHealthcheck(ctx, nil, func(k string) string {
+		return map[string]string{"SLUICE_LISTEN": addr}[k]
+	}, io.Discard))
 	code, body = call("POST", "/api/v1/projects/demo/sources",
 		`{"name":"orders","type":"pub_sub","pub_sub":{"type":"kafka","workers":2,"kafka":{"brokers":["localhost:9092"],"topic_name":"orders"}}}`)
 	require.Equal(t, 201, code, body)
@@ -118,6 +129,7 @@ func TestServeDev(t *testing.T) {
 	case <-time.After(20 * time.Second):
 		t.Fatal("serve did not stop")
 	}
+	require.Error(t, runHealthcheck(t.Context(), []string{"--url", "http://" + addr + "/healthz"}, func(string) string { return "" }, io.Discard))
 }
 
 func extractURL(t *testing.T, body string) string {
