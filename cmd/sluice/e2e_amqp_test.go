@@ -10,13 +10,18 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"os/exec"
 	"regexp"
 	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
 
 	amqp091 "github.com/rabbitmq/amqp091-go"
+	"golang.org/x/time/rate"
 
 	"github.com/sluice-io/sluice/broker/amqp"
 	"github.com/sluice-io/sluice/broker/supervisor"
@@ -61,6 +66,7 @@ type amqpE2E struct {
 	t                       *testing.T
 	conn                    *amqp091.Connection
 	exchange, dlx, dlq, src string
+	pubErr                  atomic.Pointer[error]
 }
 
 func newAMQPE2E(t *testing.T) *amqpE2E {
@@ -180,6 +186,38 @@ func (e *amqpE2E) publish(from, to, malformedEvery int) int {
 	return malformed
 }
 
+// publishErr publishes valid messages from..to-1 like publish, for a
+// goroutine other than the test's: it records the first error in pubErr.
+func (e *amqpE2E) publishErr(from, to int) {
+	if e.pubErr.Load() != nil {
+		return
+	}
+	err := e.do(func(ch *amqp091.Channel) error {
+		if err := ch.Confirm(false); err != nil {
+			return err
+		}
+		confirms := ch.NotifyPublish(make(chan amqp091.Confirmation, to-from))
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		for seq := from; seq < to; seq++ {
+			if err := ch.PublishWithContext(ctx, e.exchange, "orders.created", false, false, amqp091.Publishing{
+				MessageId: amqpMessageID(seq), ContentType: "application/json", Body: messageBody(seq),
+			}); err != nil {
+				return err
+			}
+		}
+		for range to - from {
+			if c := <-confirms; !c.Ack {
+				return fmt.Errorf("publish %d nacked", c.DeliveryTag)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		e.pubErr.CompareAndSwap(nil, &err)
+	}
+}
+
 // ready is how many messages wait in queue (all of them when no consumer
 // holds any).
 func (e *amqpE2E) ready(queue string) int {
@@ -212,7 +250,12 @@ func (e *amqpE2E) waitReady(queue string, want int, timeout time.Duration) {
 
 func waitWorkersRunning(d *daemon, project, id string, workers int) {
 	d.t.Helper()
-	d.WaitStatus(project, id, 30*time.Second, fmt.Sprintf("%d workers running", workers), func(st supervisor.SourceStatus) bool {
+	waitWorkersRunningStatus(d, project, id, workers)
+}
+
+func waitWorkersRunningStatus(d *daemon, project, id string, workers int) supervisor.SourceStatus {
+	d.t.Helper()
+	return d.WaitStatus(project, id, 30*time.Second, fmt.Sprintf("%d workers running", workers), func(st supervisor.SourceStatus) bool {
 		if len(st.Workers) != workers {
 			return false
 		}
@@ -341,9 +384,11 @@ func TestE2EAMQPKillAndRestart(t *testing.T) {
 	e.publish(0, n, 0)
 	d.WaitStream(n/10, time.Minute)
 	d.Kill()
-	if got, _ := d.RDB.XLen(context.Background(), d.StreamKey()).Result(); got >= n {
-		t.Fatalf("all %d messages were written before the kill; publish more", got)
+	killedAt, _ := d.RDB.XLen(context.Background(), d.StreamKey()).Result()
+	if killedAt >= n {
+		t.Fatalf("all %d messages were written before the kill; publish more", killedAt)
 	}
+	t.Logf("killed with %d of %d messages in the stream", killedAt, n)
 	d.Start()
 	d.WaitStream(n, 2*time.Minute)
 	e.waitReady(e.src, 0, time.Minute)
@@ -378,6 +423,7 @@ func TestE2EAMQPTermDrains(t *testing.T) {
 	if written >= n {
 		t.Fatalf("all %d messages were written before the stop; publish more", written)
 	}
+	t.Logf("drained: %d in the stream, %d left in the queue", written, left)
 	if int(written)+left != n {
 		t.Errorf("after the drain the stream holds %d and the queue %d: %d messages were written but not acked", written, left, int(written)+left-n)
 	}
@@ -385,4 +431,85 @@ func TestE2EAMQPTermDrains(t *testing.T) {
 	d.WaitStream(n, 2*time.Minute)
 	e.waitReady(e.src, 0, time.Minute)
 	d.RequireExactlyOnce(n)
+}
+
+// TestE2EAMQPConnectionsClosed closes the workers' connections on the broker
+// (only this source's, found by their connection name) while messages flow:
+// the workers report it in /status, reconnect by themselves, and the stream
+// holds every message exactly once.
+func TestE2EAMQPConnectionsClosed(t *testing.T) {
+	if testing.Short() {
+		t.Skip("slow: rabbitmqctl")
+	}
+	t.Parallel()
+	const (
+		n       = 16000
+		perSec  = 2000 // the stream lasts 8s
+		workers = 2
+	)
+	d := startDaemon(t)
+	e := newAMQPE2E(t)
+	src := d.CreateSource("p1", e.sourceBody(workers))
+	waitWorkersRunning(d, "p1", src.UID, workers)
+	pids := amqpConnectionPIDs(t, "sluice/"+src.UID)
+	if len(pids) != workers {
+		t.Fatalf("found %d connections named sluice/%s, want %d", len(pids), src.UID, workers)
+	}
+
+	published := make(chan struct{})
+	go func() {
+		defer close(published)
+		lim := rate.NewLimiter(perSec, 100)
+		for from := 0; from < n; from += 100 {
+			if lim.WaitN(context.Background(), 100) != nil {
+				return
+			}
+			e.publishErr(from, from+100)
+		}
+	}()
+	d.WaitStream(n/8, time.Minute)
+	var wg sync.WaitGroup
+	for _, pid := range pids {
+		wg.Go(func() {
+			if out, err := exec.Command("rabbitmqctl", "-q", "close_connection", pid, "sluice e2e test").CombinedOutput(); err != nil {
+				t.Errorf("close_connection %s: %v\n%s", pid, err, out)
+			}
+		})
+	}
+	wg.Wait()
+	if got, _ := d.RDB.XLen(context.Background(), d.StreamKey()).Result(); got >= n {
+		t.Fatalf("all %d messages were written before the connections closed; publish more or slower", got)
+	}
+	<-published
+	if err := e.pubErr.Load(); err != nil {
+		t.Fatalf("publish: %v", *err)
+	}
+	d.WaitStream(n, 2*time.Minute)
+	e.waitReady(e.src, 0, time.Minute)
+	d.RequireExactlyOnce(n)
+	st := waitWorkersRunningStatus(d, "p1", src.UID, workers)
+	for _, w := range st.Workers {
+		if w.Failures == 0 || w.LastError == "" {
+			t.Errorf("worker %d: %d failures, last error %q; want the closed connection reported", w.Worker, w.Failures, w.LastError)
+		}
+	}
+}
+
+// amqpConnectionPIDs lists the broker's pids of the connections whose
+// client-provided connection_name is name.
+func amqpConnectionPIDs(t *testing.T, name string) []string {
+	t.Helper()
+	out, err := exec.Command("rabbitmqctl", "-q", "list_connections", "--no-table-headers", "pid", "client_properties").CombinedOutput()
+	if err != nil {
+		t.Fatalf("rabbitmqctl list_connections: %v\n%s", err, out)
+	}
+	var pids []string
+	for line := range strings.Lines(string(out)) {
+		if strings.Contains(line, `"`+name+`"`) {
+			if pid, _, ok := strings.Cut(line, "\t"); ok {
+				pids = append(pids, pid)
+			}
+		}
+	}
+	return pids
 }
