@@ -417,3 +417,91 @@ func TestAMQPSVerifiesTheServer(t *testing.T) {
 		t.Fatalf("Run against an untrusted TLS server = %v, want a certificate error", err)
 	}
 }
+
+// funcHandler settles batches with a function.
+type funcHandler struct {
+	handle  func(batch []broker.Message) ([]broker.Result, error)
+	calls   atomic.Int64
+	failing atomic.Int64
+}
+
+func (h *funcHandler) Handle(_ context.Context, batch []broker.Message) ([]broker.Result, error) {
+	h.calls.Add(1)
+	return h.handle(batch)
+}
+func (h *funcHandler) Failing(error) { h.failing.Add(1) }
+func (h *funcHandler) Healthy()      {}
+
+// TestStopWhileRetrying stops a worker whose Handle keeps failing: Run
+// returns nil without acking, and every message is back in the queue.
+func TestStopWhileRetrying(t *testing.T) {
+	t.Parallel()
+	a := newAdmin(t)
+	queue := uniqueName(t)
+	a.queue(queue, "")
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	pubs := make([]amqp091.Publishing, 30)
+	for i := range pubs {
+		pubs[i] = event(fmt.Sprintf("%s-%d", queue, i), i)
+	}
+	if err := a.publish(ctx, "", queue, pubs); err != nil {
+		t.Fatal(err)
+	}
+	h := &funcHandler{handle: func([]broker.Message) ([]broker.Result, error) {
+		return nil, errors.New("dispatch queue unavailable")
+	}}
+	stop := runConsumer(t, newConsumer(t, testConfig(queue)), h)
+	waitFor(t, 10*time.Second, "a few failed attempts", func() bool { return h.calls.Load() >= 3 })
+	stop()
+	if h.failing.Load() < 3 {
+		t.Errorf("Failing reported %d times for %d failed batches", h.failing.Load(), h.calls.Load())
+	}
+	waitFor(t, 10*time.Second, "all 30 messages back in the queue", func() bool {
+		n, err := a.ready(ctx, queue)
+		return err == nil && n == 30
+	})
+}
+
+// TestHandlerBreakingTheContractAcksNothing: a wrong number of results, an
+// unknown result, or Rejected without a dead-letter exchange (RabbitMQ would
+// drop the message) make Run fail without settling anything.
+func TestHandlerBreakingTheContractAcksNothing(t *testing.T) {
+	t.Parallel()
+	a := newAdmin(t)
+	for _, tc := range []struct {
+		name   string
+		handle func(batch []broker.Message) ([]broker.Result, error)
+		want   string
+	}{
+		{"short results", func(b []broker.Message) ([]broker.Result, error) { return make([]broker.Result, len(b)-1), nil }, "results for a batch of"},
+		{"unknown result", func(b []broker.Message) ([]broker.Result, error) {
+			r := make([]broker.Result, len(b))
+			r[0] = broker.Result(42)
+			return r, nil
+		}, "unknown result"},
+		{"rejected without DLX", func(b []broker.Message) ([]broker.Result, error) {
+			r := make([]broker.Result, len(b))
+			r[len(r)-1] = broker.Rejected
+			return r, nil
+		}, "no dead-letter exchange"},
+	} {
+		queue := uniqueName(t) + "." + unsafeChars.ReplaceAllString(tc.name, "_")
+		a.queue(queue, "")
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		pubs := []amqp091.Publishing{event(queue+"-1", 1), event(queue+"-2", 2)}
+		if err := a.publish(ctx, "", queue, pubs); err != nil {
+			t.Fatal(err)
+		}
+		cfg := testConfig(queue)
+		cfg.Batch = broker.Batch{Size: 2, Wait: time.Second}
+		err := newConsumer(t, cfg).Run(ctx, &funcHandler{handle: tc.handle})
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: Run = %v, want an error with %q", tc.name, err, tc.want)
+		}
+		if n, err := a.ready(ctx, queue); err != nil || n != 2 {
+			t.Errorf("%s: queue holds %d messages (err %v), want both back", tc.name, n, err)
+		}
+		cancel()
+	}
+}
