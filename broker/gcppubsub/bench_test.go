@@ -21,7 +21,9 @@ import (
 // BenchmarkThroughput compares, at equal stream counts and on pstest, the
 // client library's own Receive that acks each message at once (the
 // baseline) with a Consumer that writes every message to a real
-// dispatch.Queue before acking it. b.N is the message count of each side,
+// dispatch.Queue before acking it. A third side, a Consumer whose Handler
+// does nothing, tells the consumer's own cost from the queue's (metric
+// noop_msgs/s). b.N is the message count of each side,
 // taken in three alternating rounds so that load on the machine falls on
 // both alike. pstest serves about 90 messages a second per stream, so use
 // a fixed count:
@@ -31,14 +33,16 @@ func BenchmarkThroughput(b *testing.B) {
 	for _, streams := range []int{4, 16} {
 		b.Run(fmt.Sprintf("streams=%d", streams), func(b *testing.B) {
 			const rounds = 3
-			var raw, sluice time.Duration
+			var raw, noop, sluice time.Duration
 			n := max(b.N/rounds, 1)
 			for range rounds {
 				raw += rawReceive(b, streams, n)
-				sluice += consumerToQueue(b, streams, n)
+				noop += consume(b, streams, n, false)
+				sluice += consume(b, streams, n, true)
 			}
 			total := float64(n * rounds)
 			b.ReportMetric(total/raw.Seconds(), "raw_msgs/s")
+			b.ReportMetric(total/noop.Seconds(), "noop_msgs/s")
 			b.ReportMetric(total/sluice.Seconds(), "sluice_msgs/s")
 			b.ReportMetric(raw.Seconds()/sluice.Seconds(), "ratio")
 		})
@@ -98,9 +102,10 @@ func rawReceive(b *testing.B, streams, n int) time.Duration {
 	return elapsed
 }
 
-// consumerToQueue returns how long a Consumer takes to write n messages of
-// a fresh subscription to a dispatch.Queue on the shared Redis.
-func consumerToQueue(b *testing.B, streams, n int) time.Duration {
+// consume returns how long a Consumer takes to settle n messages of a fresh
+// subscription: written to a dispatch.Queue on the shared Redis when
+// toQueue, else handed to a Handler that only counts them.
+func consume(b *testing.B, streams, n int, toQueue bool) time.Duration {
 	f := newFake(b, 0, nil)
 	for i := range n {
 		f.publish(event(i), map[string]string{"x-test-seq": fmt.Sprint(i)})
@@ -112,6 +117,7 @@ func consumerToQueue(b *testing.B, streams, n int) time.Duration {
 		queueHandler: queueHandler{q: dispatch.New(rdb, dispatch.Options{Prefix: prefix}), sourceID: "src-bench"},
 		target:       int64(n),
 		done:         make(chan struct{}),
+		noop:         !toQueue,
 	}
 	c, err := New(f.config(streams), testLogger(b))
 	if err != nil {
@@ -140,16 +146,27 @@ func consumerToQueue(b *testing.B, streams, n int) time.Duration {
 	return elapsed
 }
 
-// countingHandler closes done once target messages are settled.
+// countingHandler closes done once target messages are settled; with noop
+// it writes nothing.
 type countingHandler struct {
 	queueHandler
 	target int64
+	noop   bool
 	once   sync.Once
 	done   chan struct{}
 }
 
 func (h *countingHandler) Handle(ctx context.Context, batch []broker.Message) ([]broker.Result, error) {
-	res, err := h.queueHandler.Handle(ctx, batch)
+	var (
+		res []broker.Result
+		err error
+	)
+	if h.noop {
+		res = make([]broker.Result, len(batch))
+		h.settled.Add(int64(len(batch)))
+	} else {
+		res, err = h.queueHandler.Handle(ctx, batch)
+	}
 	if err == nil && h.settled.Load() >= h.target {
 		h.once.Do(func() { close(h.done) })
 	}
