@@ -1,12 +1,16 @@
 package gcppubsub
 
 import (
+	"context"
+	"errors"
 	"strings"
 	"testing"
 	"time"
 
 	"cloud.google.com/go/pubsub/v2/apiv1/pubsubpb"
 	"github.com/google/go-cmp/cmp"
+
+	"github.com/sluice-io/sluice/broker"
 )
 
 func TestValidate(t *testing.T) {
@@ -123,5 +127,90 @@ func TestFlowControlBoundsMessagesInHand(t *testing.T) {
 	defer h.mu.Unlock()
 	if h.largest > limit || h.largest < 2 {
 		t.Errorf("largest batch held %d messages, want 2..%d", h.largest, limit)
+	}
+}
+
+// flakyHandler fails its first failures batches, panics on its first batch
+// when panics is set, and records the rest.
+type flakyHandler struct {
+	*recordingHandler
+	failures int
+	panics   bool
+	calls    int
+}
+
+func (h *flakyHandler) Handle(ctx context.Context, batch []broker.Message) ([]broker.Result, error) {
+	h.mu.Lock()
+	h.calls++
+	calls := h.calls
+	h.mu.Unlock()
+	if h.panics && calls == 1 {
+		panic("handler bug")
+	}
+	if calls <= h.failures {
+		return nil, errors.New("dispatch queue unavailable")
+	}
+	return h.recordingHandler.Handle(ctx, batch)
+}
+
+// A failing batch is reported with Failing and cleared with Healthy once a
+// batch succeeds again.
+func TestHealthFollowsHandler(t *testing.T) {
+	t.Parallel()
+	const n = 30
+	f := newFake(t, 0, nil)
+	for i := range n {
+		f.publish(event(i), nil)
+	}
+	cfg := f.config(2)
+	cfg.Backoff = broker.Backoff{Min: 10 * time.Millisecond, Max: 50 * time.Millisecond}
+	c, err := New(cfg, testLogger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := &flakyHandler{recordingHandler: newRecordingHandler(), failures: 2}
+	stop := start(t, c, h)
+	waitFor(t, 30*time.Second, "every message", func() bool { return h.count() == n && f.unacked() == 0 })
+	if err := stop(); err != nil {
+		t.Fatalf("Run = %v", err)
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if len(h.failing) != 2 || !strings.Contains(h.failing[0].Error(), "dispatch queue unavailable") {
+		t.Errorf("Failing reported %v, want the 2 failed batches", h.failing)
+	}
+	if h.healthy != 2 {
+		t.Errorf("Healthy reported %d times, want 2 (connected, recovered)", h.healthy)
+	}
+}
+
+// A Handler panic is a failure of Run, and nothing of the batch is acked.
+func TestHandlerPanicFailsRun(t *testing.T) {
+	t.Parallel()
+	const n = 30
+	f := newFake(t, 0, nil)
+	for i := range n {
+		f.publish(event(i), nil)
+	}
+	c, err := New(f.config(2), testLogger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	err = c.Run(ctx, &flakyHandler{recordingHandler: newRecordingHandler(), panics: true})
+	if err == nil || !strings.Contains(err.Error(), "handler panicked: handler bug") {
+		t.Fatalf("Run = %v, want the panic as its error", err)
+	}
+	if got := f.unacked(); got != n {
+		t.Fatalf("%d messages unacked after the panic, want all %d", got, n)
+	}
+
+	// Nothing was lost: the next worker gets every message.
+	h := newRecordingHandler()
+	stop := start(t, c, h)
+	waitFor(t, 30*time.Second, "every message", func() bool { return h.count() == n && f.unacked() == 0 })
+	if err := stop(); err != nil {
+		t.Fatalf("Run = %v", err)
 	}
 }
