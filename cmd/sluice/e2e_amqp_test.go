@@ -21,6 +21,7 @@ import (
 	"time"
 
 	amqp091 "github.com/rabbitmq/amqp091-go"
+	"github.com/redis/go-redis/v9"
 	"golang.org/x/time/rate"
 
 	"github.com/sluice-io/sluice/broker/amqp"
@@ -512,4 +513,156 @@ func amqpConnectionPIDs(t *testing.T, name string) []string {
 		}
 	}
 	return pids
+}
+
+// BenchmarkE2EAMQP drains a backlog of n messages from a RabbitMQ queue
+// into Redis, in one run: the raw amqp091-go pipeline (prefetch 500, what has
+// arrived → one pipelined XADD per message → one multi-ack) against a
+// sluice serve process (the real supervisor, handler and dispatch queue)
+// with an AMQP source of 1 and of 4 workers. The phases rotate their order
+// every iteration.
+//
+//	go test -run '^$' -bench BenchmarkE2EAMQP -benchtime 3x ./cmd/sluice
+func BenchmarkE2EAMQP(b *testing.B) {
+	const n = 20000
+	d := startDaemon(b)
+	conn, err := amqp091.Dial("amqp://guest:guest@127.0.0.1:5672/")
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer conn.Close()
+	var b8 [4]byte
+	_, _ = rand.Read(b8[:])
+	name := "test.e2e.bench." + hex.EncodeToString(b8[:])
+	ctx := context.Background()
+
+	// backlog declares a fresh queue holding n messages.
+	backlog := func(queue string) {
+		b.StopTimer()
+		defer b.StartTimer()
+		ch, err := conn.Channel()
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer ch.Close()
+		if _, err := ch.QueueDeclare(queue, true, false, false, false, nil); err != nil {
+			b.Fatal(err)
+		}
+		b.Cleanup(func() {
+			if ch, err := conn.Channel(); err == nil {
+				_, _ = ch.QueueDelete(queue, false, false, false)
+				_ = ch.Close()
+			}
+		})
+		if err := ch.Confirm(false); err != nil {
+			b.Fatal(err)
+		}
+		confirms := ch.NotifyPublish(make(chan amqp091.Confirmation, n))
+		for seq := range n {
+			if err := ch.PublishWithContext(ctx, "", queue, false, false, amqp091.Publishing{
+				MessageId: queue + "-" + strconv.Itoa(seq), Body: messageBody(seq),
+			}); err != nil {
+				b.Fatal(err)
+			}
+		}
+		for range n {
+			if c := <-confirms; !c.Ack {
+				b.Fatal("publish nacked")
+			}
+		}
+	}
+	viaSluice := func(queue string, workers int) time.Duration {
+		backlog(queue)
+		before, err := d.RDB.XLen(ctx, d.StreamKey()).Result()
+		if err != nil {
+			b.Fatal(err)
+		}
+		start := time.Now()
+		body := map[string]any{"name": queue, "type": "pub_sub", "pub_sub": map[string]any{
+			"type": "amqp", "workers": workers,
+			"amqp": map[string]any{"schema": "amqp", "host": "127.0.0.1", "port": "5672", "queue": queue,
+				"auth": map[string]any{"user": "guest", "password": "guest"}},
+		}}
+		src := d.CreateSource("bench", body)
+		for {
+			got, err := d.RDB.XLen(ctx, d.StreamKey()).Result()
+			if err != nil {
+				b.Fatal(err)
+			}
+			if got-before >= n {
+				break
+			}
+			if time.Since(start) > 5*time.Minute {
+				b.Fatalf("sluice wrote %d of %d in 5 minutes", got-before, n)
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+		elapsed := time.Since(start)
+		if code, out := d.Do("DELETE", "/api/v1/projects/bench/sources/"+src.UID, nil); code != 200 {
+			b.Fatalf("delete source: %d %s", code, out)
+		}
+		return elapsed
+	}
+	viaRaw := func(queue, stream string) time.Duration {
+		backlog(queue)
+		start := time.Now()
+		ch, err := conn.Channel()
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer ch.Close()
+		if err := ch.Qos(500, 0, false); err != nil {
+			b.Fatal(err)
+		}
+		deliveries, err := ch.Consume(queue, "", false, false, false, false, nil)
+		if err != nil {
+			b.Fatal(err)
+		}
+		batch := make([]amqp091.Delivery, 0, 500)
+		for got := 0; got < n; got += len(batch) {
+			batch = append(batch[:0], <-deliveries)
+		more:
+			for len(batch) < 500 {
+				select {
+				case m := <-deliveries:
+					batch = append(batch, m)
+				default:
+					break more
+				}
+			}
+			pipe := d.RDB.Pipeline()
+			for _, m := range batch {
+				pipe.XAdd(ctx, &redis.XAddArgs{Stream: stream, Values: []any{"id", m.MessageId, "data", m.Body}})
+			}
+			if _, err := pipe.Exec(ctx); err != nil {
+				b.Fatal(err)
+			}
+			if err := ch.Ack(batch[len(batch)-1].DeliveryTag, true); err != nil {
+				b.Fatal(err)
+			}
+		}
+		return time.Since(start)
+	}
+
+	var raw, one, four time.Duration
+	for i := 0; b.Loop(); i++ {
+		q := fmt.Sprintf("%s.%d", name, i)
+		phases := []func(){
+			func() { raw += viaRaw(q+".raw", d.Prefix+":rawbench") },
+			func() { one += viaSluice(q+".w1", 1) },
+			func() { four += viaSluice(q+".w4", 4) },
+		}
+		for j := range phases {
+			phases[(i+j)%len(phases)]()
+		}
+	}
+	perSec := func(t time.Duration) float64 { return float64(n*b.N) / t.Seconds() }
+	b.ReportMetric(perSec(raw), "raw_msgs/s")
+	b.ReportMetric(perSec(one), "sluice_1w_msgs/s")
+	b.ReportMetric(perSec(four), "sluice_4w_msgs/s")
+	b.ReportMetric(perSec(one)/perSec(raw), "1w/raw")
+	b.ReportMetric(perSec(four)/perSec(raw), "4w/raw")
+	if rss, err := processRSS(d); err == nil {
+		b.ReportMetric(float64(rss)/(1<<20), "serve_RSS_MiB")
+	}
 }
