@@ -121,10 +121,13 @@ func (c *Consumer) Partitions() (lag map[int]int64, ok bool) {
 }
 
 // Run joins the consumer group and hands batches to h until ctx is done. It
-// returns an error only when it cannot start: no broker reachable, failed
-// authentication, a missing topic. Errors after that (a broker restart, a
-// rebalance, a failing Handle) are retried in place and reported through
-// h.Failing.
+// returns an error when it cannot start (no broker reachable, failed
+// authentication or TLS, a missing topic; also reported through h.Failing)
+// or when h breaks its contract (a result count that does not match the
+// batch, Rejected: Kafka has no broker-side dead letter). Errors after the
+// start (a broker restart, a rebalance, a failing Handle or commit) are
+// retried in place with backoff and reported through h.Failing; h.Healthy
+// follows once they clear.
 func (c *Consumer) Run(ctx context.Context, h broker.Handler) error {
 	if err := c.probe(ctx); err != nil {
 		if ctx.Err() != nil {
@@ -346,6 +349,10 @@ func (c *Consumer) settle(ctx context.Context, hs *health, failures *failures, b
 		last := ctx.Err() != nil
 		results, err := hs.h.Handle(hctx, batch)
 		if err == nil {
+			if failed {
+				failed = false
+				failures.add(-1)
+			}
 			if len(results) != len(batch) {
 				return false, fmt.Errorf("handler returned %d results for a batch of %d", len(results), len(batch))
 			}
@@ -354,7 +361,9 @@ func (c *Consumer) settle(ctx context.Context, hs *health, failures *failures, b
 					return false, fmt.Errorf("handler returned %s for %s: kafka has no broker-side dead letter", res, batch[i].ID)
 				}
 			}
-			hs.set(kindHandle, nil)
+			if failures.count() == 0 {
+				hs.set(kindHandle, nil) // no other batch is failing either
+			}
 			return true, nil
 		}
 		if !failed {
@@ -395,6 +404,12 @@ func (f *failures) add(d int) {
 	case was > 0 && f.n == 0:
 		close(f.clear)
 	}
+}
+
+func (f *failures) count() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.n
 }
 
 func (f *failures) none() <-chan struct{} {
