@@ -13,6 +13,7 @@ import (
 const conformanceStreams = 16
 
 func TestConformance(t *testing.T) {
+	t.Parallel()
 	brokertest.Run(t, func(t *testing.T) brokertest.Fixture {
 		f := newFake(t, 0, nil)
 		return brokertest.Fixture{
