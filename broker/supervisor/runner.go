@@ -95,7 +95,7 @@ func (s *Supervisor) runWorker(ctx context.Context, w *worker) {
 		w.fail(err)
 		w.setState(StateBackingOff)
 		delay := s.cfg.Backoff.Delay(attempt)
-		w.log.Warn("worker failed, backing off", "error", err, "attempt", attempt, "delay", delay)
+		w.log.Warn("worker failed, backing off", "error", err, "attempt", attempt, "delay", delay.Round(time.Millisecond).String())
 		t := time.NewTimer(delay)
 		select {
 		case <-ctx.Done():
