@@ -219,6 +219,30 @@ func (e *amqpE2E) publishErr(from, to int) {
 	}
 }
 
+// publishPaced publishes valid messages 0..n-1 at perSec in the background,
+// so that a fault injected early lands mid-stream; wait blocks until all
+// are published and confirmed.
+func (e *amqpE2E) publishPaced(n int, perSec float64) (wait func()) {
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		lim := rate.NewLimiter(rate.Limit(perSec), 100)
+		for from := 0; from < n; from += 100 {
+			if lim.WaitN(context.Background(), 100) != nil {
+				return
+			}
+			e.publishErr(from, min(from+100, n))
+		}
+	}()
+	return func() {
+		e.t.Helper()
+		<-done
+		if err := e.pubErr.Load(); err != nil {
+			e.t.Fatalf("publish: %v", *err)
+		}
+	}
+}
+
 // ready is how many messages wait in queue (all of them when no consumer
 // holds any).
 func (e *amqpE2E) ready(queue string) int {
@@ -377,13 +401,13 @@ func processRSS(d *daemon) (int64, error) {
 // and the dispatch stream holds every message exactly once.
 func TestE2EAMQPKillAndRestart(t *testing.T) {
 	t.Parallel()
-	const n = 10000
+	const n = 16000
 	d := startDaemon(t)
 	e := newAMQPE2E(t)
 	src := d.CreateSource("p1", e.sourceBody(2))
 	waitWorkersRunning(d, "p1", src.UID, 2)
-	e.publish(0, n, 0)
-	d.WaitStream(n/10, time.Minute)
+	published := e.publishPaced(n, 2000)
+	d.WaitStream(n/8, time.Minute)
 	d.Kill()
 	killedAt, _ := d.RDB.XLen(context.Background(), d.StreamKey()).Result()
 	if killedAt >= n {
@@ -391,6 +415,7 @@ func TestE2EAMQPKillAndRestart(t *testing.T) {
 	}
 	t.Logf("killed with %d of %d messages in the stream", killedAt, n)
 	d.Start()
+	published()
 	d.WaitStream(n, 2*time.Minute)
 	e.waitReady(e.src, 0, time.Minute)
 	d.RequireExactlyOnce(n)
@@ -401,13 +426,13 @@ func TestE2EAMQPKillAndRestart(t *testing.T) {
 // together hold every message exactly once; a restart finishes the queue.
 func TestE2EAMQPTermDrains(t *testing.T) {
 	t.Parallel()
-	const n = 10000
+	const n = 16000
 	d := startDaemon(t)
 	e := newAMQPE2E(t)
 	src := d.CreateSource("p1", e.sourceBody(4))
 	waitWorkersRunning(d, "p1", src.UID, 4)
-	e.publish(0, n, 0)
-	d.WaitStream(n/10, time.Minute)
+	published := e.publishPaced(n, 2000)
+	d.WaitStream(n/8, time.Minute)
 	select {
 	case <-d.Signal(syscall.SIGTERM):
 	case <-time.After(time.Minute):
@@ -420,6 +445,7 @@ func TestE2EAMQPTermDrains(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	published() // into the queue, with sluice stopped
 	left := e.ready(e.src)
 	if written >= n {
 		t.Fatalf("all %d messages were written before the stop; publish more", written)
@@ -457,17 +483,7 @@ func TestE2EAMQPConnectionsClosed(t *testing.T) {
 		t.Fatalf("found %d connections named sluice/%s, want %d", len(pids), src.UID, workers)
 	}
 
-	published := make(chan struct{})
-	go func() {
-		defer close(published)
-		lim := rate.NewLimiter(perSec, 100)
-		for from := 0; from < n; from += 100 {
-			if lim.WaitN(context.Background(), 100) != nil {
-				return
-			}
-			e.publishErr(from, from+100)
-		}
-	}()
+	published := e.publishPaced(n, perSec)
 	d.WaitStream(n/8, time.Minute)
 	var wg sync.WaitGroup
 	for _, pid := range pids {
@@ -481,10 +497,7 @@ func TestE2EAMQPConnectionsClosed(t *testing.T) {
 	if got, _ := d.RDB.XLen(context.Background(), d.StreamKey()).Result(); got >= n {
 		t.Fatalf("all %d messages were written before the connections closed; publish more or slower", got)
 	}
-	<-published
-	if err := e.pubErr.Load(); err != nil {
-		t.Fatalf("publish: %v", *err)
-	}
+	published()
 	d.WaitStream(n, 2*time.Minute)
 	e.waitReady(e.src, 0, time.Minute)
 	d.RequireExactlyOnce(n)
