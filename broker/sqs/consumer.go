@@ -63,6 +63,9 @@ const callTimeout = 30 * time.Second
 // visibility timeout and deduplicated by the dispatch queue.
 const deleteAttempts = 5
 
+// acksInFlight bounds the settled batches being deleted at once.
+const acksInFlight = 2
+
 var deleteBackoff = broker.Backoff{Min: 100 * time.Millisecond, Max: 2 * time.Second}
 
 // Consumer is one SQS worker. Create it with New; Run may be called again
@@ -113,6 +116,9 @@ func New(cfg Config, logger *slog.Logger) (*Consumer, error) {
 	var transport *http.Transport
 	if bc, ok := awsCfg.HTTPClient.(*awshttp.BuildableClient); ok {
 		transport = bc.GetTransport()
+		// Up to acksInFlight batches of deletes, ten calls each, a receive
+		// and visibility changes share the pool: keep them all alive.
+		transport.MaxIdleConnsPerHost = max(transport.MaxIdleConnsPerHost, 64)
 		awsCfg.HTTPClient = &http.Client{Transport: transport}
 	}
 	client := sqs.NewFromConfig(awsCfg, func(o *sqs.Options) {
@@ -234,7 +240,8 @@ func (w *worker) run(parent context.Context) error {
 		wg.Wait()
 	}()
 
-	chunks := make(chan []received, 1)
+	// The receive loop may run a batch ahead of the settle loop.
+	chunks := make(chan []received, max(1, w.cfg.Batch.Size/maxPerCall))
 	recvErr := make(chan error, 1)
 	wg.Go(func() {
 		defer cancelRecv()
@@ -257,7 +264,19 @@ func (w *worker) run(parent context.Context) error {
 	wg.Go(func() { w.extendLoop(detached) })
 	wg.Go(func() { w.lagLoop(stop) })
 
-	w.settleLoop(stop, detached, chunks)
+	// Deletes run beside the next batches, a few at a time; run waits for
+	// them before it returns.
+	acks := make(chan ackJob, acksInFlight)
+	acksDone := make(chan struct{})
+	wg.Go(func() {
+		defer close(acksDone)
+		w.ackLoop(detached, acks)
+	})
+	func() {
+		defer close(acks)
+		w.settleLoop(stop, detached, chunks, acks)
+	}()
+	<-acksDone
 	return <-recvErr
 }
 
@@ -337,11 +356,11 @@ func (w *worker) receive(ctx context.Context) ([]received, error) {
 // settleLoop gathers receives into batches and settles them until in is
 // closed. Once stop is done it settles the batch in hand and releases the
 // rest.
-func (w *worker) settleLoop(stop, detached context.Context, in <-chan []received) {
+func (w *worker) settleLoop(stop, detached context.Context, in <-chan []received, acks chan<- ackJob) {
 	var carry []received
 	for {
 		batch, open := w.gather(stop, in, &carry)
-		if len(batch) > 0 && !w.settle(stop, detached, batch) {
+		if len(batch) > 0 && !w.settle(stop, batch, acks) {
 			carry = append(carry, batch...)
 		}
 		if !open || stop.Err() != nil {
@@ -404,10 +423,10 @@ func (w *worker) gather(stop context.Context, in <-chan []received, carry *[]rec
 }
 
 // settle hands batch to the Handler until it succeeds, retrying a failure
-// after a backoff, then deletes what was settled. Once stop is done it tries
-// the batch once more and, if that fails too, returns false: the batch is
-// unsettled and must be released.
-func (w *worker) settle(stop, detached context.Context, batch []received) bool {
+// after a backoff, then queues the deletes of what was settled. Once stop is
+// done it tries the batch once more and, if that fails too, returns false:
+// the batch is unsettled and must be released.
+func (w *worker) settle(stop context.Context, batch []received, acks chan<- ackJob) bool {
 	msgs := make([]broker.Message, len(batch))
 	for i, r := range batch {
 		msgs[i] = r.msg
@@ -417,7 +436,7 @@ func (w *worker) settle(stop, detached context.Context, batch []received) bool {
 		results, err := w.handle(hctx, msgs)
 		if err == nil {
 			w.recover()
-			w.ack(detached, batch, results)
+			acks <- ackJob{batch: batch, results: results}
 			return true
 		}
 		w.handleFailing.Store(true)
@@ -432,7 +451,7 @@ func (w *worker) settle(stop, detached context.Context, batch []received) bool {
 				return false
 			}
 			w.recover()
-			w.ack(detached, batch, results)
+			acks <- ackJob{batch: batch, results: results}
 			return true
 		}
 	}
@@ -459,6 +478,27 @@ func (w *worker) handle(ctx context.Context, msgs []broker.Message) ([]broker.Re
 		return nil, fmt.Errorf("hand over %d sqs messages: handler returned %d results", len(msgs), len(results))
 	}
 	return results, nil
+}
+
+// ackJob is a settled batch to delete.
+type ackJob struct {
+	batch   []received
+	results []broker.Result
+}
+
+// ackLoop acks the jobs of jobs, up to acksInFlight at a time, until jobs
+// is closed and they are all done.
+func (w *worker) ackLoop(ctx context.Context, jobs <-chan ackJob) {
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, acksInFlight)
+	for job := range jobs {
+		sem <- struct{}{}
+		wg.Go(func() {
+			defer func() { <-sem }()
+			w.ack(ctx, job.batch, job.results)
+		})
+	}
+	wg.Wait()
 }
 
 // ack deletes the messages settled as Written or DeadLettered; Rejected

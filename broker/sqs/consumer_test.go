@@ -257,7 +257,7 @@ func TestFailingBatchReleasedOnStop(t *testing.T) {
 func TestRedisOutage(t *testing.T) {
 	t.Parallel()
 	q := newQueue(t, nil)
-	r := startPrivateRedis(t)
+	r := startPrivateRedis(t, true)
 	rdb := redis.NewClient(&redis.Options{Addr: r.addr, MaxRetries: 1, DialTimeout: 500 * time.Millisecond})
 	t.Cleanup(func() { _ = rdb.Close() })
 	dq := dispatch.New(rdb, dispatch.Options{Prefix: "outage"})

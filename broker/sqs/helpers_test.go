@@ -259,15 +259,16 @@ func checkExactlyOnce(tb testing.TB, counts map[string]int, evs []dispatch.Event
 }
 
 // privateRedis is a redis-server of the test's own, which it may stop and
-// restart; it keeps its data across restarts (append-only file, fsync
-// always).
+// restart. A durable one keeps its data across restarts (append-only file,
+// fsync always).
 type privateRedis struct {
-	addr string
-	dir  string
-	cmd  *exec.Cmd
+	addr    string
+	dir     string
+	durable bool
+	cmd     *exec.Cmd
 }
 
-func startPrivateRedis(tb testing.TB) *privateRedis {
+func startPrivateRedis(tb testing.TB, durable bool) *privateRedis {
 	tb.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -275,7 +276,7 @@ func startPrivateRedis(tb testing.TB) *privateRedis {
 	}
 	addr := l.Addr().String()
 	_ = l.Close()
-	r := &privateRedis{addr: addr, dir: tb.TempDir()}
+	r := &privateRedis{addr: addr, dir: tb.TempDir(), durable: durable}
 	r.start(tb)
 	tb.Cleanup(r.stop)
 	return r
@@ -284,8 +285,11 @@ func startPrivateRedis(tb testing.TB) *privateRedis {
 func (r *privateRedis) start(tb testing.TB) {
 	tb.Helper()
 	_, port, _ := net.SplitHostPort(r.addr)
-	r.cmd = exec.Command("redis-server", "--port", port, "--bind", "127.0.0.1", "--save", "",
-		"--appendonly", "yes", "--appendfsync", "always", "--dir", r.dir)
+	aof := []string{"--appendonly", "no"}
+	if r.durable {
+		aof = []string{"--appendonly", "yes", "--appendfsync", "always"}
+	}
+	r.cmd = exec.Command("redis-server", append([]string{"--port", port, "--bind", "127.0.0.1", "--save", "", "--dir", r.dir}, aof...)...)
 	if err := r.cmd.Start(); err != nil {
 		tb.Fatalf("start redis-server: %v", err)
 	}
