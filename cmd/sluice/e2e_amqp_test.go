@@ -679,3 +679,39 @@ func BenchmarkE2EAMQP(b *testing.B) {
 		b.ReportMetric(float64(rss)/(1<<20), "serve_RSS_MiB")
 	}
 }
+
+// TestE2EAMQPRedisStopped stops sluice's Redis (a private redis-server that
+// holds both the sources and the dispatch stream) for 5 seconds while
+// messages flow: the workers keep running, report the failing writes, retry
+// without acking, and the stream ends with every message exactly once.
+func TestE2EAMQPRedisStopped(t *testing.T) {
+	if testing.Short() {
+		t.Skip("slow: a 5s outage")
+	}
+	t.Parallel()
+	const n = 16000
+	r := startPrivateRedis(t)
+	d := startDaemon(t, "SLUICE_REDIS_URL="+r.URL())
+	e := newAMQPE2E(t)
+	src := d.CreateSource("p1", e.sourceBody(2))
+	waitWorkersRunning(d, "p1", src.UID, 2)
+	published := e.publishPaced(n, 2000)
+	d.WaitStream(n/8, time.Minute)
+	r.Stop()
+	// The status route needs Redis (it looks the source up), so the outage
+	// is checked afterwards in the workers' failure counts.
+	time.Sleep(5 * time.Second) // the outage itself
+	r.Start()
+	published()
+	d.WaitStream(n, 2*time.Minute)
+	e.waitReady(e.src, 0, time.Minute)
+	d.RequireExactlyOnce(n)
+	st := waitWorkersRunningStatus(d, "p1", src.UID, 2)
+	var failures int64
+	for _, w := range st.Workers {
+		failures += w.Failures
+	}
+	if failures == 0 {
+		t.Errorf("no worker reported a failure during the Redis outage: %+v", st.Workers)
+	}
+}
