@@ -7,6 +7,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"reflect"
+	"slices"
 	"strings"
 )
 
@@ -86,6 +88,71 @@ func DecodeInput(r io.Reader) (Input, error) {
 	return in, nil
 }
 
+// unknownFieldPath finds the JSON path of the first field in raw that t
+// (a struct type, walked along) does not declare; encoding/json only
+// reports the bare name. Types that decode themselves (AMQP, Google)
+// report their own paths and are not entered.
+func unknownFieldPath(raw []byte, t reflect.Type, base string) string {
+	var v any
+	if json.Unmarshal(raw, &v) != nil {
+		return ""
+	}
+	return walkUnknown(v, t, base)
+}
+
+func walkUnknown(v any, t reflect.Type, path string) string {
+	for t.Kind() == reflect.Pointer {
+		t = t.Elem()
+	}
+	if reflect.PointerTo(t).Implements(reflect.TypeFor[json.Unmarshaler]()) {
+		return ""
+	}
+	switch val := v.(type) {
+	case map[string]any:
+		if t.Kind() != reflect.Struct {
+			return ""
+		}
+		keys := make([]string, 0, len(val))
+		for k := range val {
+			keys = append(keys, k)
+		}
+		slices.Sort(keys)
+		for _, k := range keys {
+			f, ok := jsonField(t, k)
+			if !ok {
+				return cmpPath(path, k)
+			}
+			if p := walkUnknown(val[k], f.Type, cmpPath(path, f.Tag.Get("json"))); p != "" {
+				return p
+			}
+		}
+	case []any:
+		if t.Kind() != reflect.Slice {
+			return ""
+		}
+		for i, e := range val {
+			if p := walkUnknown(e, t.Elem(), fmt.Sprintf("%s[%d]", path, i)); p != "" {
+				return p
+			}
+		}
+	}
+	return ""
+}
+
+// jsonField finds the field of struct t that encoding/json maps key to
+// (names match case-insensitively, as encoding/json does).
+func jsonField(t reflect.Type, key string) (reflect.StructField, bool) {
+	for i := range t.NumField() {
+		f := t.Field(i)
+		name, _, _ := strings.Cut(f.Tag.Get("json"), ",")
+		if name != "" && name != "-" && strings.EqualFold(name, key) {
+			f.Tag = reflect.StructTag(`json:"` + name + `"`)
+			return f, true
+		}
+	}
+	return reflect.StructField{}, false
+}
+
 // FieldError is a problem with one field of a source, named by its JSON path.
 type FieldError struct {
 	Path string
@@ -111,9 +178,19 @@ func strictUnmarshal(b []byte, v any, base string) error {
 	dec := json.NewDecoder(bytes.NewReader(b))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
-		return jsonFieldErr(err, base)
+		var inner *FieldError
+		if errors.As(err, &inner) {
+			return inner // from a nested decoder, path complete
+		}
+		fe := jsonFieldErr(err, base)
+		if fe.Msg == "unknown field" {
+			if path := unknownFieldPath(b, reflect.TypeOf(v), base); path != "" {
+				fe.Path = path
+			}
+		}
+		return fe
 	}
-	if _, err := dec.Token(); err != io.EOF {
+	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
 		return fieldErr(cmpPath(base, ""), "unexpected data after the JSON object")
 	}
 	return nil
@@ -132,13 +209,10 @@ func cmpPath(base, field string) string {
 }
 
 // jsonFieldErr turns an encoding/json error into a *FieldError.
-func jsonFieldErr(err error, base string) error {
-	var fe *FieldError
+func jsonFieldErr(err error, base string) *FieldError {
 	var te *json.UnmarshalTypeError
 	var se *json.SyntaxError
 	switch {
-	case errors.As(err, &fe):
-		return fe
 	case errors.As(err, &te):
 		return fieldErr(cmpPath(base, te.Field), "must be %s, got %s", jsonKind(te.Type.Kind().String()), te.Value)
 	case errors.As(err, &se):

@@ -50,8 +50,8 @@ func badCases() []badCase {
 		{name: "form content type", body: okKafka, ct: "application/x-www-form-urlencoded", code: 415, field: "Content-Type"},
 		{name: "huge body", body: `{"name":"` + strings.Repeat("x", 1<<20+10) + `"}`, code: 413, field: "body"},
 		{name: "unknown top-level field", body: `{"name":"x","type":"http","nmae":"y"}`, field: "nmae"},
-		{name: "unknown pub_sub field", body: pubsub(`{"type":"kafka","workers":1,"wrkers":2,"kafka":{"brokers":["k:1"],"topic_name":"t"}}`), field: "wrkers"},
-		{name: "unknown kafka field", body: kafka(`{"brokers":["k:1"],"topic":"t"}`), field: "topic"},
+		{name: "unknown pub_sub field", body: pubsub(`{"type":"kafka","workers":1,"wrkers":2,"kafka":{"brokers":["k:1"],"topic_name":"t"}}`), field: "pub_sub.wrkers"},
+		{name: "unknown kafka field", body: kafka(`{"brokers":["k:1"],"topic":"t"}`), field: "pub_sub.kafka.topic"},
 		{name: "unknown amqp field", body: amqp(`{"schema":"amqp","host":"h","port":"1","queue":"q","exchange":"x"}`), field: "pub_sub.amqp.exchange"},
 		{name: "unknown google field", body: google(`{"project_id":"p","subscription_id":"s","service_account":{},"key":1}`), field: "pub_sub.google.key"},
 		{name: "missing name", body: `{"type":"http"}`, field: "name", postOnly: true},
@@ -111,6 +111,9 @@ func badCases() []badCase {
 		{name: "google bytes out of range", body: google(`{"project_id":"p","subscription_id":"s","service_account":[123,300]}`), field: "pub_sub.google.service_account[1]"},
 		{name: "google service account number", body: google(`{"project_id":"p","subscription_id":"s","service_account":5}`), field: "pub_sub.google.service_account"},
 		{name: "google missing subscription", body: google(`{"project_id":"p","service_account":{}}`), field: "pub_sub.google.subscription_id"},
+		{name: "unknown verifier field", body: `{"name":"x","type":"http","verifier":{"type":"hmac","hmac":{"header":"h","hash":"SHA256","secret":"s","encoding":"hex","algo":"x"}}}`, field: "verifier.hmac.algo"},
+		{name: "unknown kafka auth field", body: kafka(`{"brokers":["k:1"],"topic_name":"t","auth":{"tls":true,"sasl":"x"}}`), field: "pub_sub.kafka.auth.sasl"},
+		{name: "unknown amqp auth field", body: amqp(`{"schema":"amqp","host":"h","port":"1","queue":"q","auth":{"user":"u","pass":"p"}}`), field: "pub_sub.amqp.auth"},
 		{name: "custom_response wrong type", body: `{"name":"x","type":"http","custom_response":"ok"}`, field: "custom_response"},
 	}
 }
