@@ -51,10 +51,10 @@ type Config struct {
 	// 50ms (broker.Batch).
 	Batch broker.Batch
 	// Inflight is how many batches the worker hands to the Handler at once.
-	// Above 1 the decoding of one batch overlaps the write of the previous,
-	// and a partition's messages may reach the dispatch stream out of order
-	// (commits stay in order). 1 keeps the stream in partition order.
-	// Default 2.
+	// 1 keeps every partition's messages in order in the dispatch stream.
+	// Above 1 the handling of one batch overlaps the write of the previous,
+	// and a partition's messages may reach the stream out of order (commits
+	// stay in order either way). Default 1.
 	Inflight int
 	// Backoff spaces the retries of a failing Handle, fetch or commit.
 	// Default 100ms doubling up to 5s.
@@ -114,7 +114,7 @@ func DefaultGroupID(sourceID string) string {
 func (c Config) withDefaults() Config {
 	c.ClientID = cmp.Or(c.ClientID, "sluice")
 	c.Batch = c.Batch.WithDefaults()
-	c.Inflight = cmp.Or(c.Inflight, 2)
+	c.Inflight = cmp.Or(c.Inflight, 1)
 	c.Backoff.Min = cmp.Or(c.Backoff.Min, 100*time.Millisecond)
 	c.Backoff.Max = cmp.Or(c.Backoff.Max, 5*time.Second)
 	c.MaxWait = cmp.Or(c.MaxWait, 500*time.Millisecond)

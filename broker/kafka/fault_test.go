@@ -110,13 +110,20 @@ func sharedRedis(t testing.TB) *redis.Client {
 type privateRedis struct {
 	t    testing.TB
 	port int
-	dir  string
+	dir  string // empty: nothing persisted
 	cmd  *exec.Cmd
 }
 
 func startPrivateRedis(t testing.TB) *privateRedis {
 	t.Helper()
-	r := &privateRedis{t: t, port: freePort(t), dir: t.TempDir()}
+	return startRedis(t, t.TempDir())
+}
+
+// startRedis starts a redis-server persisting to dir, or nothing when dir is
+// empty.
+func startRedis(t testing.TB, dir string) *privateRedis {
+	t.Helper()
+	r := &privateRedis{t: t, port: freePort(t), dir: dir}
 	r.start()
 	t.Cleanup(r.stop)
 	return r
@@ -126,8 +133,13 @@ func (r *privateRedis) addr() string { return "127.0.0.1:" + strconv.Itoa(r.port
 
 func (r *privateRedis) start() {
 	r.t.Helper()
-	r.cmd = exec.Command("redis-server", "--port", strconv.Itoa(r.port), "--bind", "127.0.0.1",
-		"--save", "", "--appendonly", "yes", "--appendfsync", "always", "--dir", r.dir)
+	args := []string{"--port", strconv.Itoa(r.port), "--bind", "127.0.0.1", "--save", ""}
+	if r.dir != "" {
+		args = append(args, "--appendonly", "yes", "--appendfsync", "always", "--dir", r.dir)
+	} else {
+		args = append(args, "--appendonly", "no")
+	}
+	r.cmd = exec.Command("redis-server", args...)
 	if err := r.cmd.Start(); err != nil {
 		r.t.Fatalf("start redis-server: %v", err)
 	}
@@ -351,6 +363,7 @@ func TestRedisOutage(t *testing.T) {
 	}}
 	cfg := config(e, topic, group)
 	cfg.Batch = broker.Batch{Size: 50}
+	cfg.Inflight = 2 // the harder case: a batch can settle beside a failing one
 	for range 2 {
 		c, err := kafka.New(cfg, nil)
 		if err != nil {
@@ -432,6 +445,7 @@ func TestRebalance(t *testing.T) {
 	h := &queueHandler{q: q, sourceID: "src"}
 	cfg := config(e, topic, group)
 	cfg.Batch = broker.Batch{Size: 20}
+	cfg.Inflight = 2
 	start := func() func() error {
 		c, err := kafka.New(cfg, nil)
 		if err != nil {
@@ -505,6 +519,7 @@ func TestFailingBatchHoldsCommits(t *testing.T) {
 	}}
 	cfg := config(e, topic, group)
 	cfg.Batch = broker.Batch{Size: 50}
+	cfg.Inflight = 2 // the harder case: a batch can settle beside a failing one
 	c, err := kafka.New(cfg, nil)
 	if err != nil {
 		t.Fatal(err)

@@ -234,7 +234,7 @@ func (c *Consumer) probe(ctx context.Context) error {
 }
 
 // consume is the fetch, handle, mark loop. Up to Inflight batches are
-// handled at once; a batch that fails is retried in place and nothing more is
+// handled at once (the next one is fetched meanwhile by kafka-go either way); a batch that fails is retried in place and nothing more is
 // fetched until it is settled. It returns nil when ctx is done and an error
 // only when the Handler breaks its contract.
 func (c *Consumer) consume(ctx context.Context, r *kafkago.Reader, hs *health, cm *committer) error {
