@@ -23,6 +23,7 @@
 package kafka
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -189,8 +190,9 @@ func (c *Consumer) Run(ctx context.Context, h broker.Handler) error {
 	// loop stopped. The lag poller stops with ctx.
 	var commits, polls sync.WaitGroup
 	commits.Go(func() { cm.run(context.WithoutCancel(ctx)) })
+	pollCtx, stopPolling := context.WithCancel(ctx)
 	if c.cfg.LagInterval > 0 {
-		polls.Go(func() { c.pollLag(ctx, transport, hs) })
+		polls.Go(func() { c.pollLag(pollCtx, transport, hs) })
 	}
 
 	err := c.consume(ctx, r, hs, cm)
@@ -198,6 +200,7 @@ func (c *Consumer) Run(ctx context.Context, h broker.Handler) error {
 	// Stop: the committer makes its last commit of what was settled, then
 	// the reader leaves the group.
 	close(cm.stop)
+	stopPolling()
 	commits.Wait()
 	polls.Wait()
 	if cerr := r.Close(); cerr != nil && err == nil && ctx.Err() == nil {
@@ -238,42 +241,39 @@ func (c *Consumer) probe(ctx context.Context) error {
 // fetched until it is settled. It returns nil when ctx is done and an error
 // only when the Handler breaks its contract.
 func (c *Consumer) consume(ctx context.Context, r *kafkago.Reader, hs *health, cm *committer) error {
+	// fetchCtx ends the fetching when ctx is done or a batch breaks the
+	// contract; the batches in flight still settle under ctx.
+	fetchCtx, stopFetching := context.WithCancel(ctx)
+	defer stopFetching()
 	var (
 		wm       = newWatermark()
 		slots    = make(chan struct{}, c.cfg.Inflight)
 		batches  sync.WaitGroup
 		failures = newFailures()
-		fatal    = make(chan error, c.cfg.Inflight)
+		fatalMu  sync.Mutex
+		fatal    error
 	)
-	defer batches.Wait()
 	fetchAttempt := 0
-	for {
-		// A slot, no batch failing, no broken contract, ctx not done.
+	for fetchCtx.Err() == nil {
+		// A free slot and no batch failing.
 		select {
 		case slots <- struct{}{}:
-		case <-ctx.Done():
-			return nil
-		case err := <-fatal:
-			return err
+		case <-fetchCtx.Done():
+			continue
 		}
 		select {
 		case <-failures.none():
-		case <-ctx.Done():
+		case <-fetchCtx.Done():
 			<-slots
-			return nil
-		case err := <-fatal:
-			return err
+			continue
 		}
-		fetched, err := c.fetch(ctx, r, make([]kafkago.Message, 0, c.cfg.Batch.Size))
+		fetched, err := c.fetch(fetchCtx, r, make([]kafkago.Message, 0, c.cfg.Batch.Size))
 		if len(fetched) == 0 {
 			<-slots
-			if err != nil && ctx.Err() == nil {
+			if err != nil && fetchCtx.Err() == nil {
 				hs.set(kindFetch, fmt.Errorf("fetch from kafka topic %q: %w", c.cfg.Topic, err))
-				c.cfg.Backoff.Sleep(ctx, fetchAttempt)
+				c.cfg.Backoff.Sleep(fetchCtx, fetchAttempt)
 				fetchAttempt++
-			}
-			if ctx.Err() != nil {
-				return nil
 			}
 			continue
 		}
@@ -290,7 +290,10 @@ func (c *Consumer) consume(ctx context.Context, r *kafkago.Reader, hs *health, c
 			defer func() { <-slots }()
 			settled, err := c.settle(ctx, hs, failures, batch)
 			if err != nil {
-				fatal <- err
+				fatalMu.Lock()
+				fatal = cmp.Or(fatal, err)
+				fatalMu.Unlock()
+				stopFetching()
 				return
 			}
 			if settled {
@@ -301,6 +304,10 @@ func (c *Consumer) consume(ctx context.Context, r *kafkago.Reader, hs *health, c
 			// redelivers it.
 		})
 	}
+	batches.Wait()
+	fatalMu.Lock()
+	defer fatalMu.Unlock()
+	return fatal
 }
 
 // fetch appends to buf up to Batch.Size messages: it blocks for the first,

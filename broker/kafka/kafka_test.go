@@ -287,3 +287,74 @@ func TestIdleWorkers(t *testing.T) {
 		return assigned == 2 && idle == 1, strings.Join(detail, " ")
 	})
 }
+
+// blockingHandler blocks every Handle until release is closed.
+type blockingHandler struct {
+	*collector
+	release chan struct{}
+}
+
+func (b *blockingHandler) Handle(ctx context.Context, batch []broker.Message) ([]broker.Result, error) {
+	<-b.release
+	return b.collector.Handle(ctx, batch)
+}
+
+// TestLag: the lag counts what waits behind the group's committed offsets on
+// the worker's partitions, and drains to 0.
+func TestLag(t *testing.T) {
+	t.Parallel()
+	e := newKafka(t, nil)
+	topic := e.topic(t, 3)
+	if err := e.produce(context.Background(), topic, records(90)); err != nil {
+		t.Fatal(err)
+	}
+	c, err := kafka.New(config(e, topic, unique("g")), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := &blockingHandler{collector: newCollector(), release: make(chan struct{})}
+	run(t, c, h)
+	eventually(t, 20*time.Second, "lag 90 over 3 partitions", func() (bool, string) {
+		parts, ok := c.Partitions()
+		lag, _ := c.Lag()
+		return ok && len(parts) == 3 && lag == 90, fmt.Sprint(parts, lag)
+	})
+	close(h.release)
+	eventually(t, 20*time.Second, "lag 0", func() (bool, string) {
+		lag, ok := c.Lag()
+		return ok && lag == 0 && h.count() == 90, fmt.Sprint(lag, ok, h.count())
+	})
+}
+
+// rejecting returns Rejected, which a Kafka consumer cannot honour.
+type rejecting struct{ *collector }
+
+func (r rejecting) Handle(_ context.Context, batch []broker.Message) ([]broker.Result, error) {
+	res := make([]broker.Result, len(batch))
+	res[0] = broker.Rejected
+	return res, nil
+}
+
+// TestHandlerContract: a Handler that answers Rejected (Kafka has no
+// broker-side dead letter) fails Run, and nothing is committed.
+func TestHandlerContract(t *testing.T) {
+	t.Parallel()
+	e := newKafka(t, nil)
+	topic := e.topic(t, 1)
+	group := unique("g")
+	if err := e.produce(context.Background(), topic, records(10)); err != nil {
+		t.Fatal(err)
+	}
+	c, err := kafka.New(config(e, topic, group), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if err := c.Run(ctx, rejecting{newCollector()}); !contains(err, "rejected", "no broker-side dead letter") {
+		t.Fatalf("Run with a Handler answering Rejected = %v", err)
+	}
+	if n, err := e.unacked(context.Background(), group, topic); err != nil || n != 10 {
+		t.Fatalf("unacked = %d (%v), want 10", n, err)
+	}
+}
