@@ -14,6 +14,9 @@ import (
 const (
 	maxWaitTime          = 20 * time.Second
 	maxVisibilityTimeout = 12 * time.Hour
+	// fallbackVisibility is sent with every receive when the queue's own
+	// visibility timeout cannot be read (SQS's default).
+	fallbackVisibility = 30 * time.Second
 )
 
 // Config configures one SQS worker.
@@ -45,10 +48,11 @@ type Config struct {
 	// seconds. Default 20s.
 	WaitTime time.Duration
 	// VisibilityTimeout is how long a received message stays invisible to
-	// other consumers; it is sent with every receive, so the queue's own
-	// setting does not apply. Messages held longer than half of it (a slow
-	// dispatch write, a Redis outage) have their visibility extended. Whole
-	// seconds, 1s to 12h. Default 30s.
+	// other consumers; when set it is sent with every receive. Messages held
+	// longer than half of it (a slow dispatch write, a Redis outage) have
+	// their visibility extended. Whole seconds, 1s to 12h. Default 0: the
+	// queue's own VisibilityTimeout attribute, read when Run starts (30s,
+	// sent with every receive, when it cannot be read).
 	VisibilityTimeout time.Duration
 	// Batch bounds the batches handed to the Handler; a batch gathers
 	// several receives of up to 10 messages each. Default broker.Batch
@@ -69,7 +73,6 @@ type Config struct {
 // withDefaults returns c with zero fields set to their defaults.
 func (c Config) withDefaults() Config {
 	c.WaitTime = cmp.Or(c.WaitTime, maxWaitTime)
-	c.VisibilityTimeout = cmp.Or(c.VisibilityTimeout, 30*time.Second)
 	c.Batch = c.Batch.WithDefaults()
 	c.LagInterval = cmp.Or(c.LagInterval, 30*time.Second)
 	c.StopGrace = cmp.Or(c.StopGrace, time.Second)

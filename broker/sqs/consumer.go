@@ -17,7 +17,7 @@
 // dead-letter queue during an outage. Messages the worker gives up on (a stop
 // while their batch fails, a receive that completed after the stop) are made
 // visible again at once (visibility 0), not after the timeout. A Rejected
-// message is left undeleted: it reappears after VisibilityTimeout and the
+// message is left undeleted: it reappears after its visibility timeout and the
 // queue's redrive policy, if any, dead-letters it.
 //
 // Identity: broker.Message.ID is the SQS MessageId, stable across
@@ -189,6 +189,10 @@ func (c *Consumer) Run(ctx context.Context, h broker.Handler) error {
 		return err
 	}
 	w := &worker{Consumer: c, h: h, url: queueURL, held: newInFlight(), recovered: make(chan struct{}, 1)}
+	w.vis, w.sendVis = c.cfg.VisibilityTimeout, true
+	if w.vis == 0 {
+		w.vis, w.sendVis = c.queueVisibility(ctx, queueURL)
+	}
 	return w.run(ctx)
 }
 
@@ -206,12 +210,40 @@ func (c *Consumer) resolve(ctx context.Context) (string, error) {
 	return aws.ToString(out.QueueUrl), nil
 }
 
+// queueVisibility reads the queue's VisibilityTimeout attribute. send is
+// true when it could not be read and fallbackVisibility is to be sent with
+// every receive instead.
+func (c *Consumer) queueVisibility(ctx context.Context, queueURL string) (vis time.Duration, send bool) {
+	ctx, cancel := context.WithTimeout(ctx, callTimeout)
+	defer cancel()
+	name := types.QueueAttributeNameVisibilityTimeout
+	out, err := c.client.GetQueueAttributes(ctx, &sqs.GetQueueAttributesInput{
+		QueueUrl:       aws.String(queueURL),
+		AttributeNames: []types.QueueAttributeName{name},
+	})
+	if err != nil {
+		c.log.Warn("reading the sqs queue's visibility timeout failed; using 30s", "err", err)
+		return fallbackVisibility, true
+	}
+	secs, err := strconv.Atoi(out.Attributes[string(name)])
+	if err != nil || secs < 1 {
+		// A queue whose messages are visible again at once would hand them
+		// to other workers while they are being written.
+		return fallbackVisibility, true
+	}
+	return time.Duration(secs) * time.Second, false
+}
+
 // worker is one Run of a Consumer.
 type worker struct {
 	*Consumer
 	h    broker.Handler
 	url  string
 	held *inFlight
+	// vis is the visibility timeout of received messages; sendVis says
+	// whether receives set it (else it is the queue's own).
+	vis     time.Duration
+	sendVis bool
 	// handleFailing is set while the Handler fails a batch: the receive
 	// loop does not fetch more meanwhile (nor report the worker healthy),
 	// and recovered wakes it when the Handler succeeds again.
@@ -330,16 +362,18 @@ func (w *worker) receiveLoop(stop, recv context.Context, out chan<- []received) 
 func (w *worker) receive(ctx context.Context) ([]received, error) {
 	ctx, cancel := context.WithTimeout(ctx, w.cfg.WaitTime+callTimeout)
 	defer cancel()
-	vis := w.cfg.VisibilityTimeout
-	sent := time.Now()
-	out, err := w.client.ReceiveMessage(ctx, &sqs.ReceiveMessageInput{
+	in := &sqs.ReceiveMessageInput{
 		QueueUrl:                    aws.String(w.url),
 		MaxNumberOfMessages:         maxPerCall,
 		WaitTimeSeconds:             int32(w.cfg.WaitTime / time.Second),
-		VisibilityTimeout:           int32(vis / time.Second),
 		MessageAttributeNames:       []string{"All"},
 		MessageSystemAttributeNames: []types.MessageSystemAttributeName{types.MessageSystemAttributeNameAll},
-	})
+	}
+	if w.sendVis {
+		in.VisibilityTimeout = int32(w.vis / time.Second)
+	}
+	sent := time.Now()
+	out, err := w.client.ReceiveMessage(ctx, in)
 	if err != nil {
 		return nil, fmt.Errorf("receive from sqs queue %q: %w", w.cfg.QueueName, err)
 	}
@@ -347,7 +381,7 @@ func (w *worker) receive(ctx context.Context) ([]received, error) {
 	for i, m := range out.Messages {
 		msgs[i] = convert(m)
 	}
-	w.held.add(msgs, sent.Add(vis))
+	w.held.add(msgs, sent.Add(w.vis))
 	w.stats.receives.Add(1)
 	w.stats.received.Add(int64(len(msgs)))
 	return msgs, nil
@@ -608,7 +642,7 @@ func (w *worker) release(ctx context.Context, msgs []received) {
 // extendLoop extends the visibility of held messages whose deadline is
 // less than half a VisibilityTimeout away.
 func (w *worker) extendLoop(ctx context.Context) {
-	vis := w.cfg.VisibilityTimeout
+	vis := w.vis
 	t := time.NewTicker(vis / 4)
 	defer t.Stop()
 	for {
