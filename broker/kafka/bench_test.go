@@ -18,13 +18,17 @@ import (
 )
 
 // BenchmarkIngest measures, in one run on one kfake topic of 6 partitions
-// holding benchMessages messages of ~1 KiB:
+// holding benchMessages messages (sub-benchmarks: data padded to ~100 B and
+// to ~1 KiB per message):
 //
 //   - raw_fetch_commit: a plain kafka-go group Reader, FetchMessage and a
 //     CommitMessages every 100 messages;
 //   - raw_enqueue: dispatch.Queue.Enqueue of the same (already decoded)
 //     events in batches of 100 on a real Redis (a private redis-server, so
 //     other tests on the machine do not skew it);
+//   - decode: dispatch.Decode of the same messages, alone;
+//   - consumer_noop: one Consumer handing batches to a Handler that does
+//     nothing (the consumer's own ceiling);
 //   - sluice: one Consumer with the default configuration (batches of 100,
 //     one in flight) handing batches to a handler that decodes and enqueues
 //     into the real dispatch Queue;
@@ -34,9 +38,15 @@ import (
 //
 // Each figure is messages per second from the first message to the last
 // settled one (group joins excluded). It reports the ratios of sluice to the
-// slower raw rate and to the floor. Run it with -benchtime=1x (one round of
-// the four is several seconds).
+// slower raw rate and to the floor. One round of all of them takes several
+// seconds: run it with -benchtime=3x.
 func BenchmarkIngest(b *testing.B) {
+	for _, pad := range []int{100, 1000} {
+		b.Run(fmt.Sprintf("data=%dB", pad), func(b *testing.B) { benchIngest(b, pad) })
+	}
+}
+
+func benchIngest(b *testing.B, pad int) {
 	const (
 		partitions         = 6
 		benchMessages      = 30000
@@ -46,7 +56,7 @@ func BenchmarkIngest(b *testing.B) {
 	e := newKafka(b, nil)
 	topic := e.topic(b, partitions)
 	ctx := context.Background()
-	data := strings.Repeat("x", 1000)
+	data := strings.Repeat("x", pad)
 	recs := make([]*kgo.Record, benchMessages)
 	for i := range recs {
 		recs[i] = &kgo.Record{
@@ -65,11 +75,14 @@ func BenchmarkIngest(b *testing.B) {
 	b.Cleanup(func() { _ = rdb.Close() })
 	prefix := "bench"
 
-	var rawRead, rawEnq, sluice, sluice2, floor time.Duration
+	var rawRead, rawEnq, decode, noop, sluice, sluice2, floor time.Duration
 	var rounds int
 	for b.Loop() {
 		rawRead += benchRawRead(b, e, topic, benchMessages, batch)
-		rawEnq += benchRawEnqueue(b, rdb, fmt.Sprintf("%s:r%d:raw", prefix, rounds), topic, recs, batch)
+		enq, dec := benchRawEnqueue(b, rdb, fmt.Sprintf("%s:r%d:raw", prefix, rounds), topic, recs, batch)
+		rawEnq += enq
+		decode += dec
+		noop += benchConsumer(b, e, nil, "", topic, benchMessages, 0)
 		sluice += benchConsumer(b, e, rdb, fmt.Sprintf("%s:r%d:sluice", prefix, rounds), topic, benchMessages, 0)
 		sluice2 += benchConsumer(b, e, rdb, fmt.Sprintf("%s:r%d:sluice2", prefix, rounds), topic, benchMessages, 2)
 		floor += benchRawRead(b, e, topic, benchFloorMessages, 1)
@@ -79,6 +92,8 @@ func BenchmarkIngest(b *testing.B) {
 	rr, re, rs, rf := rate(benchMessages, rawRead), rate(benchMessages, rawEnq), rate(benchMessages, sluice), rate(benchFloorMessages, floor)
 	b.ReportMetric(rr, "raw_fetch_commit_msgs/s")
 	b.ReportMetric(re, "raw_enqueue_msgs/s")
+	b.ReportMetric(rate(benchMessages, decode), "decode_msgs/s")
+	b.ReportMetric(rate(benchMessages, noop), "consumer_noop_msgs/s")
 	b.ReportMetric(rs, "sluice_msgs/s")
 	b.ReportMetric(rate(benchMessages, sluice2), "sluice_inflight2_msgs/s")
 	b.ReportMetric(rf, "floor_commit_each_msgs/s")
@@ -119,11 +134,13 @@ func benchRawRead(b *testing.B, e *kenv, topic string, n, commitEvery int) time.
 	return time.Since(start)
 }
 
-// benchRawEnqueue enqueues the decoded events of recs in batches.
-func benchRawEnqueue(b *testing.B, rdb *redis.Client, prefix, topic string, recs []*kgo.Record, batch int) time.Duration {
+// benchRawEnqueue decodes the events of recs (timed apart) and enqueues
+// them in batches; it returns the enqueue and the decode time.
+func benchRawEnqueue(b *testing.B, rdb *redis.Client, prefix, topic string, recs []*kgo.Record, batch int) (enqueue, decode time.Duration) {
 	b.Helper()
 	q := dispatch.New(rdb, dispatch.Options{Prefix: prefix})
 	events := make([]dispatch.Event, len(recs))
+	start := time.Now()
 	for i, r := range recs {
 		ev, err := dispatch.Decode(dispatch.Raw{
 			ProjectID: "p1", SourceID: "src", Broker: "kafka",
@@ -135,23 +152,26 @@ func benchRawEnqueue(b *testing.B, rdb *redis.Client, prefix, topic string, recs
 		}
 		events[i] = ev
 	}
+	decode = time.Since(start)
 	ctx := context.Background()
-	start := time.Now()
+	start = time.Now()
 	for i := 0; i < len(events); i += batch {
 		if _, err := q.Enqueue(ctx, events[i:min(i+batch, len(events))]); err != nil {
 			b.Fatal(err)
 		}
 	}
-	return time.Since(start)
+	return time.Since(start), decode
 }
 
-// benchConsumer runs one Consumer into the dispatch queue until n messages
-// are written; it returns the time from the first Handle to the last write,
+// benchConsumer runs one Consumer into the dispatch queue (or, with a nil
+// rdb, into a handler that does nothing) until n messages are settled; it returns the time from the first Handle to the last write,
 // then checks that every offset gets committed.
 func benchConsumer(b *testing.B, e *kenv, rdb *redis.Client, prefix, topic string, n, inflight int) time.Duration {
 	b.Helper()
-	q := dispatch.New(rdb, dispatch.Options{Prefix: prefix})
-	h := &queueHandler{q: q, sourceID: "src"}
+	h := &queueHandler{sourceID: "src"}
+	if rdb != nil {
+		h.q = dispatch.New(rdb, dispatch.Options{Prefix: prefix})
+	}
 	wrapped := &countingHandler{queueHandler: h, want: int64(n), done: make(chan struct{})}
 	group := unique("bench")
 	cfg := config(e, topic, group)
@@ -192,7 +212,13 @@ func (c *countingHandler) Handle(ctx context.Context, batch []broker.Message) ([
 		c.start = time.Now()
 	}
 	c.mu.Unlock()
-	res, err := c.queueHandler.Handle(ctx, batch)
+	var res []broker.Result
+	var err error
+	if c.q == nil {
+		res = make([]broker.Result, len(batch)) // no-op: the consumer alone
+	} else {
+		res, err = c.queueHandler.Handle(ctx, batch)
+	}
 	if err != nil {
 		return res, err
 	}
