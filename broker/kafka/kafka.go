@@ -7,15 +7,23 @@
 // (Partitions reports an empty assignment, and the worker logs it).
 //
 // The worker fetches messages into a batch (Config.Batch), hands the batch to
-// the Handler and commits offsets only after the Handler settled the batch.
-// Commits follow a per-partition watermark: an offset is committed only when
-// it and every lower offset of its partition were written or dead-lettered.
-// A batch the Handler fails to settle is retried in place, after a backoff,
-// and nothing past it is fetched meanwhile, so a transient failure can never
-// let a commit pass an unwritten message. Commits run beside the fetch loop;
-// a commit the group refuses after a rebalance is dropped, because the new
-// owner of the partition resumes from the last committed offset and the
-// dispatch queue's dedupe absorbs what is redelivered.
+// the Handler and commits offsets only after the Handler settled the batch;
+// kafka-go prefetches the next messages meanwhile. Config.Inflight (default
+// 1) lets several batches be handled at once. Commits follow a per-partition
+// watermark: an offset is committed only when it and every lower offset of
+// its partition were written or dead-lettered. A batch the Handler fails to
+// settle is retried in place, after a backoff, and nothing past it is
+// fetched meanwhile, so a transient failure can never let a commit pass an
+// unwritten message. Commits run beside the fetch loop; a commit the group
+// refuses after a rebalance is dropped, because the new owner of the
+// partition resumes from the last committed offset and the dispatch queue's
+// dedupe absorbs what is redelivered.
+//
+// Run checks the brokers, the credentials and the topic once before it
+// joins the group, so a wrong password or a missing topic fails Run with an
+// error that names the broker. Lag and Partitions come from a poll of the
+// group (its members' assignments, committed and end offsets) every
+// Config.LagInterval.
 //
 // Message identity (broker.Message.ID) is "topic/partition/offset". Kafka
 // headers become message headers, and the record key is kept as the header
