@@ -7,6 +7,8 @@ import (
 	"github.com/sluice-io/sluice/broker"
 	"github.com/sluice-io/sluice/broker/amqp"
 	"github.com/sluice-io/sluice/broker/gcppubsub"
+	"github.com/sluice-io/sluice/broker/kafka"
+	"github.com/sluice-io/sluice/broker/sqs"
 	"github.com/sluice-io/sluice/broker/supervisor"
 	"github.com/sluice-io/sluice/source"
 )
@@ -27,6 +29,14 @@ func consumerFactory(batch broker.Batch, log *slog.Logger) supervisor.Factory {
 			cfg, err := googleConfig(ps, src.UID)
 			cfg.Batch = batch
 			return consumer(cfg, err, gcppubsub.New, l)
+		case source.PubSubKafka:
+			cfg, err := kafkaConfig(ps, src.UID)
+			cfg.Batch = batch
+			return consumer(cfg, err, kafka.New, l)
+		case source.PubSubSQS:
+			cfg, err := sqsConfig(ps, src.UID)
+			cfg.Batch = batch
+			return consumer(cfg, err, sqs.New, l)
 		default:
 			return nil, fmt.Errorf("pub_sub.type %q is not supported", ps.Type)
 		}
