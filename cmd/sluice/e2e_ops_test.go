@@ -196,8 +196,10 @@ func TestE2ESigtermReadinessAndExit(t *testing.T) {
 func TestE2ELogsHoldNoSecrets(t *testing.T) {
 	t.Parallel()
 	const (
-		amqpPassword = "amqp-S3cret-p@ss/word"
-		privateKey   = "MIIEvQIBADANBgkqhkiG9w0BAQEFAASCBKcwggSjAgEAAoIBAQDsecretkeymaterial"
+		amqpPassword  = "amqp-S3cret-p@ss/word"
+		kafkaPassword = "kafka-S3cret-sasl-password"
+		sqsSecret     = "sqs-S3cret-access-key-material"
+		privateKey    = "MIIEvQIBADANBgkqhkiG9w0BAQEFAASCBKcwggSjAgEAAoIBAQDsecretkeymaterial"
 	)
 	fake := pstest.NewServerWithAddress("127.0.0.1:0")
 	t.Cleanup(func() { _ = fake.Close() })
@@ -218,19 +220,36 @@ func TestE2ELogsHoldNoSecrets(t *testing.T) {
 		}},
 	})
 
-	for _, id := range []string{bad.UID, google.UID} {
+	kafka := d.CreateSource("p1", map[string]any{
+		"name": "kafka", "type": "pub_sub",
+		"pub_sub": map[string]any{"type": "kafka", "workers": 1, "kafka": map[string]any{
+			"brokers": []string{fmt.Sprintf("127.0.0.1:%d", freePort(t))}, "topic_name": "orders",
+			"auth": map[string]any{"type": "scram", "hash": "SHA512", "username": "svc", "password": kafkaPassword},
+		}},
+	})
+	sqs := d.CreateSource("p1", map[string]any{
+		"name": "sqs", "type": "pub_sub",
+		"pub_sub": map[string]any{"type": "sqs", "workers": 1, "sqs": map[string]any{
+			"access_key_id": "AKIDEXAMPLE", "secret_key": sqsSecret, "default_region": "eu-west-1",
+			"queue_name": "orders", "endpoint": fmt.Sprintf("http://127.0.0.1:%d", freePort(t)),
+		}},
+	})
+
+	statuses := map[string]string{}
+	for _, id := range []string{bad.UID, google.UID, kafka.UID, sqs.UID} {
 		d.WaitStatus("p1", id, 30*time.Second, "a failure recorded", func(st supervisor.SourceStatus) bool {
 			return len(st.Workers) > 0 && st.Workers[0].Failures > 0
 		})
+		_, st := d.Do(http.MethodGet, "/api/v1/projects/p1/sources/"+id+"/status", nil)
+		statuses["status of "+id] = string(st)
 	}
-	_, statusA := d.Do(http.MethodGet, "/api/v1/projects/p1/sources/"+bad.UID+"/status", nil)
-	_, statusG := d.Do(http.MethodGet, "/api/v1/projects/p1/sources/"+google.UID+"/status", nil)
 	logs := d.Logs()
+	statuses["logs"] = logs
 	if !strings.Contains(logs, "backing off") {
 		t.Fatalf("expected backoff lines in the logs:\n%s", logs)
 	}
-	for _, secret := range []string{amqpPassword, "S3cret", privateKey, "BEGIN PRIVATE KEY"} {
-		for what, text := range map[string]string{"logs": logs, "amqp status": string(statusA), "google status": string(statusG)} {
+	for _, secret := range []string{amqpPassword, kafkaPassword, sqsSecret, "S3cret", privateKey, "BEGIN PRIVATE KEY"} {
+		for what, text := range statuses {
 			if strings.Contains(text, secret) {
 				t.Errorf("%s contain the secret %q", what, secret)
 			}
