@@ -281,6 +281,9 @@ func (g *gate) wait() {
 // on the same port with its state; every message lands exactly once and every
 // offset is committed in the end.
 func TestBrokerRestart(t *testing.T) {
+	if testing.Short() {
+		t.Skip("fault test; skipped with -short")
+	}
 	t.Parallel()
 	port := freePort(t)
 	opts := []kfake.Opt{kfake.Ports(port), kfake.DataDir(t.TempDir())}
@@ -335,6 +338,9 @@ func TestBrokerRestart(t *testing.T) {
 // committed past a message that is not in the stream; after it comes back the
 // stream is complete, each message once.
 func TestRedisOutage(t *testing.T) {
+	if testing.Short() {
+		t.Skip("fault test; skipped with -short")
+	}
 	t.Parallel()
 	e := newKafka(t, nil)
 	topic := e.topic(t, 3)
@@ -436,6 +442,9 @@ func TestRedisOutage(t *testing.T) {
 // TestRebalance: workers leave and join while messages flow; every message
 // lands exactly once and every offset is committed.
 func TestRebalance(t *testing.T) {
+	if testing.Short() {
+		t.Skip("fault test; skipped with -short")
+	}
 	t.Parallel()
 	e := newKafka(t, nil)
 	topic := e.topic(t, 6)
@@ -496,6 +505,9 @@ func TestRebalance(t *testing.T) {
 // and once it goes through everything is committed, each message written
 // once.
 func TestFailingBatchHoldsCommits(t *testing.T) {
+	if testing.Short() {
+		t.Skip("fault test; skipped with -short")
+	}
 	t.Parallel()
 	e := newKafka(t, nil)
 	topic := e.topic(t, 2)
