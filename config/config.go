@@ -21,8 +21,15 @@ type Config struct {
 	// Listen is the admin HTTP address. SLUICE_LISTEN, default ":8080".
 	Listen string
 	// RedisURL is any go-redis URL (redis:// or rediss://, with password and
-	// db). SLUICE_REDIS_URL, default "redis://127.0.0.1:6379/0".
+	// db). SLUICE_REDIS_URL, default "redis://127.0.0.1:6379/0". For a
+	// cluster or Sentinel, more nodes are given as addr query parameters
+	// (see RedisMode).
 	RedisURL string
+	// RedisMode is single, cluster (Redis Cluster: the URL names seed nodes,
+	// redis://:pw@node1:6379?addr=node2:6379) or sentinel (the URL names the
+	// sentinels and the master: redis://:pw@s1:26379?addr=s2:26379&master_name=mymaster).
+	// SLUICE_REDIS_MODE, default single.
+	RedisMode string
 	// Prefix namespaces every Redis key, so tenants and tests can share one
 	// Redis. SLUICE_PREFIX, default "sluice".
 	Prefix string
@@ -85,6 +92,7 @@ type APIKey struct {
 const (
 	DefaultListen        = ":8080"
 	DefaultRedisURL      = "redis://127.0.0.1:6379/0"
+	DefaultRedisMode     = "single"
 	DefaultPrefix        = "sluice"
 	DefaultMaxWorkers    = 64
 	DefaultShutdownGrace = 30 * time.Second
@@ -107,6 +115,7 @@ func Load(getenv func(string) string) (Config, error) {
 	c := Config{
 		Listen:    getenv("SLUICE_LISTEN"),
 		RedisURL:  getenv("SLUICE_REDIS_URL"),
+		RedisMode: getenv("SLUICE_REDIS_MODE"),
 		Prefix:    getenv("SLUICE_PREFIX"),
 		PublicURL: getenv("SLUICE_PUBLIC_URL"),
 		LogLevel:  getenv("SLUICE_LOG_LEVEL"),
@@ -169,6 +178,7 @@ func Load(getenv func(string) string) (Config, error) {
 func (c *Config) ApplyDefaults() {
 	c.Listen = cmp.Or(c.Listen, DefaultListen)
 	c.RedisURL = cmp.Or(c.RedisURL, DefaultRedisURL)
+	c.RedisMode = cmp.Or(c.RedisMode, DefaultRedisMode)
 	c.Prefix = cmp.Or(c.Prefix, DefaultPrefix)
 	c.MaxWorkers = cmp.Or(c.MaxWorkers, DefaultMaxWorkers)
 	c.ShutdownGrace = cmp.Or(c.ShutdownGrace, DefaultShutdownGrace)
@@ -198,8 +208,15 @@ func (c Config) Validate() error {
 	if _, _, err := net.SplitHostPort(c.Listen); err != nil {
 		errs = append(errs, fmt.Errorf("SLUICE_LISTEN: want host:port or :port, got %q", c.Listen))
 	}
-	if _, err := redis.ParseURL(c.RedisURL); err != nil {
-		errs = append(errs, fmt.Errorf("SLUICE_REDIS_URL: %w", err))
+	switch c.RedisMode {
+	case "single", "cluster", "sentinel":
+		if rdb, err := c.Redis(); err != nil {
+			errs = append(errs, err)
+		} else {
+			_ = rdb.Close()
+		}
+	default:
+		errs = append(errs, fmt.Errorf("SLUICE_REDIS_MODE: want single, cluster or sentinel, got %q", c.RedisMode))
 	}
 	if strings.ContainsAny(c.Prefix, "{} \t\n") {
 		errs = append(errs, fmt.Errorf("SLUICE_PREFIX: must not contain braces or spaces, got %q", c.Prefix))
@@ -271,4 +288,32 @@ func ParseAPIKeys(s string) ([]APIKey, error) {
 		keys = append(keys, k)
 	}
 	return keys, nil
+}
+
+// Redis returns a client for RedisURL in RedisMode. Creating it does not
+// connect.
+func (c Config) Redis() (redis.UniversalClient, error) {
+	switch c.RedisMode {
+	case "cluster":
+		o, err := redis.ParseClusterURL(c.RedisURL)
+		if err != nil {
+			return nil, fmt.Errorf("SLUICE_REDIS_URL: cluster URL: %w", err)
+		}
+		return redis.NewClusterClient(o), nil
+	case "sentinel":
+		o, err := redis.ParseFailoverURL(c.RedisURL)
+		if err != nil {
+			return nil, fmt.Errorf("SLUICE_REDIS_URL: sentinel URL: %w", err)
+		}
+		if o.MasterName == "" {
+			return nil, errors.New("SLUICE_REDIS_URL: a sentinel URL needs master_name=<name>")
+		}
+		return redis.NewFailoverClient(o), nil
+	default:
+		o, err := redis.ParseURL(c.RedisURL)
+		if err != nil {
+			return nil, fmt.Errorf("SLUICE_REDIS_URL: %w", err)
+		}
+		return redis.NewClient(o), nil
+	}
 }

@@ -16,7 +16,7 @@ func TestLoadDefaults(t *testing.T) {
 	c, err := config.Load(env(nil))
 	require.NoError(t, err)
 	want := config.Config{
-		Listen: ":8080", RedisURL: "redis://127.0.0.1:6379/0", Prefix: "sluice",
+		Listen: ":8080", RedisURL: "redis://127.0.0.1:6379/0", RedisMode: "single", Prefix: "sluice",
 		PublicURL: "http://localhost:8080", MaxWorkers: 64, ShutdownGrace: 30 * time.Second,
 		LogLevel: "info", LogFormat: "json",
 		BatchSize: 100, BatchWait: 50 * time.Millisecond, MaxMessageBytes: 1 << 20,
@@ -49,7 +49,7 @@ func TestLoadEverything(t *testing.T) {
 	}))
 	require.NoError(t, err)
 	want := config.Config{
-		Listen: "127.0.0.1:9000", RedisURL: "rediss://:pw@redis.internal:6380/2", Prefix: "tenant-a",
+		Listen: "127.0.0.1:9000", RedisURL: "rediss://:pw@redis.internal:6380/2", RedisMode: "single", Prefix: "tenant-a",
 		APIKeys:   []config.APIKey{{Key: "global-key-0123456789"}, {Key: "project-key-0123456789", ProjectID: "proj-1"}},
 		PublicURL: "https://hooks.example.com", MaxWorkers: 8, ShutdownGrace: 5 * time.Second,
 		LogLevel: "debug", LogFormat: "text", MetricsListen: "127.0.0.1:9100",
@@ -90,6 +90,7 @@ func TestLoadErrorsNameTheVariable(t *testing.T) {
 		{"SLUICE_HIGH_WATER", "-1"},
 		{"SLUICE_LOW_WATER", "2000000"},
 		{"SLUICE_RESYNC_INTERVAL", "soon"},
+		{"SLUICE_REDIS_MODE", "replica"},
 	} {
 		t.Run(c.name+"="+c.val, func(t *testing.T) {
 			_, err := config.Load(env(map[string]string{c.name: c.val}))
@@ -98,6 +99,31 @@ func TestLoadErrorsNameTheVariable(t *testing.T) {
 			if c.name == "SLUICE_API_KEYS" {
 				require.NotContains(t, err.Error(), "abcdefghijklmnopq", "never echo a key")
 			}
+		})
+	}
+}
+
+func TestRedisModes(t *testing.T) {
+	for _, c := range []struct {
+		mode, url string
+		ok        bool
+	}{
+		{"single", "redis://:pw@127.0.0.1:6379/2", true},
+		{"cluster", "redis://:pw@node1:6379?addr=node2:6379&addr=node3:6379", true},
+		{"sentinel", "redis://:pw@s1:26379?addr=s2:26379&master_name=mymaster", true},
+		{"sentinel", "redis://:pw@s1:26379", false},
+		{"cluster", "redis://node1:6379?bogus=1", false},
+	} {
+		t.Run(c.mode+" "+c.url, func(t *testing.T) {
+			cfg, err := config.Load(env(map[string]string{"SLUICE_REDIS_MODE": c.mode, "SLUICE_REDIS_URL": c.url}))
+			if !c.ok {
+				require.ErrorContains(t, err, "SLUICE_REDIS_URL")
+				return
+			}
+			require.NoError(t, err)
+			rdb, err := cfg.Redis()
+			require.NoError(t, err)
+			require.NoError(t, rdb.Close())
 		})
 	}
 }

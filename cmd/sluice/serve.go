@@ -18,7 +18,6 @@ import (
 	"github.com/alicebob/miniredis/v2"
 	"github.com/go-chi/chi/v5"
 	"github.com/oklog/run"
-	"github.com/redis/go-redis/v9"
 
 	"github.com/sluice-io/sluice/broker"
 	"github.com/sluice-io/sluice/broker/supervisor"
@@ -103,11 +102,10 @@ func serve(ctx context.Context, e serveEnv) error {
 		}
 	}
 
-	opts, err := redis.ParseURL(cfg.RedisURL)
+	rdb, err := cfg.Redis()
 	if err != nil {
-		return fmt.Errorf("SLUICE_REDIS_URL: %w", err)
+		return err
 	}
-	var rdb redis.UniversalClient = redis.NewClient(opts)
 	defer rdb.Close()
 	m := newMetrics()
 	rdb.AddHook(m.redisHook())
