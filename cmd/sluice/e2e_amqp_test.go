@@ -530,7 +530,8 @@ func amqpConnectionPIDs(t *testing.T, name string) []string {
 
 // BenchmarkE2EAMQP drains a backlog of n messages from a RabbitMQ queue
 // into Redis, in one run: the raw amqp091-go pipeline (prefetch 500, what has
-// arrived → one pipelined XADD per message → one multi-ack) against a
+// arrived → one pipelined XADD per message → one multi-ack; and the same
+// with sluice's batching, prefetch 200 and batches of 100 or 50ms) against a
 // sluice serve process (the real supervisor, handler and dispatch queue)
 // with an AMQP source of 1 and of 4 workers. The phases rotate their order
 // every iteration.
@@ -616,7 +617,7 @@ func BenchmarkE2EAMQP(b *testing.B) {
 		}
 		return elapsed
 	}
-	viaRaw := func(queue, stream string) time.Duration {
+	viaRaw := func(queue, stream string, prefetch, size int, wait time.Duration) time.Duration {
 		backlog(queue)
 		start := time.Now()
 		ch, err := conn.Channel()
@@ -624,23 +625,32 @@ func BenchmarkE2EAMQP(b *testing.B) {
 			b.Fatal(err)
 		}
 		defer ch.Close()
-		if err := ch.Qos(500, 0, false); err != nil {
+		if err := ch.Qos(prefetch, 0, false); err != nil {
 			b.Fatal(err)
 		}
 		deliveries, err := ch.Consume(queue, "", false, false, false, false, nil)
 		if err != nil {
 			b.Fatal(err)
 		}
-		batch := make([]amqp091.Delivery, 0, 500)
+		batch := make([]amqp091.Delivery, 0, size)
 		for got := 0; got < n; got += len(batch) {
 			batch = append(batch[:0], <-deliveries)
+			timeout := time.After(wait) // wait 0: only what has arrived
 		more:
-			for len(batch) < 500 {
+			for len(batch) < size {
 				select {
 				case m := <-deliveries:
 					batch = append(batch, m)
 				default:
-					break more
+					if wait == 0 {
+						break more
+					}
+					select {
+					case m := <-deliveries:
+						batch = append(batch, m)
+					case <-timeout:
+						break more
+					}
 				}
 			}
 			pipe := d.RDB.Pipeline()
@@ -657,11 +667,12 @@ func BenchmarkE2EAMQP(b *testing.B) {
 		return time.Since(start)
 	}
 
-	var raw, one, four time.Duration
+	var raw, rawBatched, one, four time.Duration
 	for i := 0; b.Loop(); i++ {
 		q := fmt.Sprintf("%s.%d", name, i)
 		phases := []func(){
-			func() { raw += viaRaw(q+".raw", d.Prefix+":rawbench") },
+			func() { raw += viaRaw(q+".raw", d.Prefix+":rawbench", 500, 500, 0) },
+			func() { rawBatched += viaRaw(q+".rawbatched", d.Prefix+":rawbench", 200, 100, 50*time.Millisecond) },
 			func() { one += viaSluice(q+".w1", 1) },
 			func() { four += viaSluice(q+".w4", 4) },
 		}
@@ -671,10 +682,12 @@ func BenchmarkE2EAMQP(b *testing.B) {
 	}
 	perSec := func(t time.Duration) float64 { return float64(n*b.N) / t.Seconds() }
 	b.ReportMetric(perSec(raw), "raw_msgs/s")
+	b.ReportMetric(perSec(rawBatched), "raw_batched_msgs/s")
 	b.ReportMetric(perSec(one), "sluice_1w_msgs/s")
 	b.ReportMetric(perSec(four), "sluice_4w_msgs/s")
 	b.ReportMetric(perSec(one)/perSec(raw), "1w/raw")
 	b.ReportMetric(perSec(four)/perSec(raw), "4w/raw")
+	b.ReportMetric(perSec(one)/perSec(rawBatched), "1w/raw_batched")
 	if rss, err := processRSS(d); err == nil {
 		b.ReportMetric(float64(rss)/(1<<20), "serve_RSS_MiB")
 	}
