@@ -215,6 +215,16 @@ func TestE2EKafka(t *testing.T) {
 		t.Fatalf("created source: %+v", src.PubSub)
 	}
 	kafkaWaitRunning(d, "p1", src.UID, 3)
+	// A worker reports a lag once it sees itself in a stable group: when all
+	// three do, the group holds all three and each has two partitions.
+	d.WaitStatus("p1", src.UID, time.Minute, "every worker in the group", func(st supervisor.SourceStatus) bool {
+		for _, w := range st.Workers {
+			if w.Lag == nil {
+				return false
+			}
+		}
+		return len(st.Workers) == 3
+	})
 	e.produce("orders", 0, n)
 	d.WaitStream(n, 2*time.Minute)
 	e.waitCommitted(kafka.DefaultGroupID(src.UID), "orders", time.Minute)
