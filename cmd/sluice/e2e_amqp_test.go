@@ -544,7 +544,7 @@ func BenchmarkE2EAMQP(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	defer conn.Close()
+	b.Cleanup(func() { _ = conn.Close() }) // after the queues' cleanups
 	var b8 [4]byte
 	_, _ = rand.Read(b8[:])
 	name := "test.e2e.bench." + hex.EncodeToString(b8[:])
