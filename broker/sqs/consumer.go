@@ -272,12 +272,21 @@ func (w *worker) run(parent context.Context) error {
 		wg.Wait()
 	}()
 
-	// The receive loop may run a batch ahead of the settle loop.
-	chunks := make(chan []received, max(1, w.cfg.Batch.Size/maxPerCall))
+	// The receive loop may run a batch ahead of the settle loop: it takes
+	// a slot before each receive, and the settle loop frees it when it takes
+	// the receive's messages. With no slot free no receive is in flight, so
+	// a stop cuts none (a cut long poll may still take messages on the
+	// broker's side, which then stay invisible for the visibility timeout).
+	slots := max(1, w.cfg.Batch.Size/maxPerCall)
+	chunks := make(chan []received, slots)
+	room := make(chan struct{}, slots)
+	for range slots {
+		room <- struct{}{}
+	}
 	recvErr := make(chan error, 1)
 	wg.Go(func() {
 		defer cancelRecv()
-		recvErr <- w.receiveLoop(stop, recv, chunks)
+		recvErr <- w.receiveLoop(stop, recv, room, chunks)
 	})
 	wg.Go(func() {
 		select {
@@ -306,15 +315,16 @@ func (w *worker) run(parent context.Context) error {
 	})
 	func() {
 		defer close(acks)
-		w.settleLoop(stop, detached, chunks, acks)
+		w.settleLoop(stop, detached, chunks, room, acks)
 	}()
 	<-acksDone
 	return <-recvErr
 }
 
-// receiveLoop receives until stop is done or the queue is gone, sending
-// each non-empty receive to out, which it closes when it returns.
-func (w *worker) receiveLoop(stop, recv context.Context, out chan<- []received) error {
+// receiveLoop receives until stop is done or the queue is gone, taking a
+// slot of room before each receive and sending each non-empty receive to
+// out, which it closes when it returns.
+func (w *worker) receiveLoop(stop, recv context.Context, room chan struct{}, out chan<- []received) error {
 	defer close(out)
 	for attempt := 0; stop.Err() == nil; {
 		for w.handleFailing.Load() {
@@ -324,7 +334,15 @@ func (w *worker) receiveLoop(stop, recv context.Context, out chan<- []received) 
 				return nil
 			}
 		}
+		select {
+		case <-room:
+		case <-stop.Done():
+			return nil
+		}
 		got, err := w.receive(recv)
+		if err != nil || len(got) == 0 {
+			room <- struct{}{}
+		}
 		if err != nil {
 			if recv.Err() != nil {
 				return nil
@@ -348,12 +366,12 @@ func (w *worker) receiveLoop(stop, recv context.Context, out chan<- []received) 
 		if len(got) == 0 {
 			continue
 		}
-		select {
-		case out <- got:
-		case <-stop.Done():
+		if stop.Err() != nil {
+			// Received after the stop: nobody takes it now.
 			w.release(recv, got)
 			return nil
 		}
+		out <- got // never blocks: the slot is reserved
 	}
 	return nil
 }
@@ -390,10 +408,10 @@ func (w *worker) receive(ctx context.Context) ([]received, error) {
 // settleLoop gathers receives into batches and settles them until in is
 // closed. Once stop is done it settles the batch in hand and releases the
 // rest.
-func (w *worker) settleLoop(stop, detached context.Context, in <-chan []received, acks chan<- ackJob) {
+func (w *worker) settleLoop(stop, detached context.Context, in <-chan []received, room chan<- struct{}, acks chan<- ackJob) {
 	var carry []received
 	for {
-		batch, open := w.gather(stop, in, &carry)
+		batch, open := w.gather(stop, in, room, &carry)
 		if len(batch) > 0 && !w.settle(stop, batch, acks) {
 			carry = append(carry, batch...)
 		}
@@ -413,14 +431,19 @@ func (w *worker) settleLoop(stop, detached context.Context, in <-chan []received
 // when full, Batch.Wait after its first message, when a receive returns
 // fewer than 10 (the queue is drained for now) or when stop is done. open
 // is false once in is closed. Messages beyond Batch.Size wait in carry.
-func (w *worker) gather(stop context.Context, in <-chan []received, carry *[]received) (batch []received, open bool) {
+func (w *worker) gather(stop context.Context, in <-chan []received, room chan<- struct{}, carry *[]received) (batch []received, open bool) {
 	size := w.cfg.Batch.Size
-	var short bool // the last receive returned fewer than maxPerCall
-	add := func(chunk []received) {
-		short = len(chunk) < maxPerCall
-		n := min(len(chunk), size-len(batch))
-		batch = append(batch, chunk[:n]...)
-		*carry = append(*carry, chunk[n:]...)
+	add := func(msgs []received) {
+		n := min(len(msgs), size-len(batch))
+		batch = append(batch, msgs[:n]...)
+		*carry = append(*carry, msgs[n:]...)
+	}
+	// take adds a receive's messages, frees its slot and reports whether it
+	// was short (the queue is drained for now).
+	take := func(chunk []received) (short bool) {
+		room <- struct{}{}
+		add(chunk)
+		return len(chunk) < maxPerCall
 	}
 	if len(*carry) > 0 {
 		pending := *carry
@@ -433,20 +456,24 @@ func (w *worker) gather(stop context.Context, in <-chan []received, carry *[]rec
 			if !ok {
 				return nil, false
 			}
-			add(chunk)
+			if take(chunk) {
+				return batch, true
+			}
 		case <-stop.Done():
 			return nil, true
 		}
 	}
 	timer := time.NewTimer(w.cfg.Batch.Wait)
 	defer timer.Stop()
-	for len(batch) < size && !short {
+	for len(batch) < size {
 		select {
 		case chunk, ok := <-in:
 			if !ok {
 				return batch, false
 			}
-			add(chunk)
+			if take(chunk) {
+				return batch, true
+			}
 		case <-timer.C:
 			return batch, true
 		case <-stop.Done():

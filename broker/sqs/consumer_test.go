@@ -38,7 +38,7 @@ func TestAttributesBecomeHeaders(t *testing.T) {
 	t.Parallel()
 	q := newQueue(t, nil)
 	prefix := uniqueName(t)
-	rdb := sharedRedis(t, prefix)
+	rdb := testRedis(t, prefix)
 	dq := dispatch.New(rdb, dispatch.Options{Prefix: prefix})
 
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
@@ -101,7 +101,7 @@ func TestReceivesCarryTenThroughEndpoint(t *testing.T) {
 	t.Parallel()
 	q := newQueue(t, nil)
 	prefix := uniqueName(t)
-	rdb := sharedRedis(t, prefix)
+	rdb := testRedis(t, prefix)
 	dq := dispatch.New(rdb, dispatch.Options{Prefix: prefix})
 	const n = 200
 	q.mustPublish(t, events("ten", n))
@@ -152,7 +152,7 @@ func testSlowHandle(t *testing.T, attrs map[string]string, vis time.Duration) {
 	t.Parallel()
 	q := newQueue(t, attrs)
 	prefix := uniqueName(t)
-	rdb := sharedRedis(t, prefix)
+	rdb := testRedis(t, prefix)
 	dq := dispatch.New(rdb, dispatch.Options{Prefix: prefix})
 	const n = 10
 	q.mustPublish(t, events("slow", n))
@@ -217,7 +217,7 @@ func TestFailingBatchReleasedOnStop(t *testing.T) {
 	t.Parallel()
 	q := newQueue(t, nil)
 	prefix := uniqueName(t)
-	rdb := sharedRedis(t, prefix)
+	rdb := testRedis(t, prefix)
 	dq := dispatch.New(rdb, dispatch.Options{Prefix: prefix})
 	const n = 10
 	q.mustPublish(t, events("release", n))
@@ -305,7 +305,7 @@ func TestMalformedBodyDeadLettered(t *testing.T) {
 	t.Parallel()
 	q := newQueue(t, nil)
 	prefix := uniqueName(t)
-	rdb := sharedRedis(t, prefix)
+	rdb := testRedis(t, prefix)
 	dq := dispatch.New(rdb, dispatch.Options{Prefix: prefix})
 	const good = 30
 	msgs := events("mixed", good)
@@ -370,7 +370,7 @@ func TestLag(t *testing.T) {
 	t.Parallel()
 	q := newQueue(t, nil)
 	prefix := uniqueName(t)
-	rdb := sharedRedis(t, prefix)
+	rdb := testRedis(t, prefix)
 	dq := dispatch.New(rdb, dispatch.Options{Prefix: prefix})
 	const n = 100
 	q.mustPublish(t, events("lag", n))
@@ -411,7 +411,7 @@ func TestKilledMidBatch(t *testing.T) {
 	t.Parallel()
 	q := newQueue(t, nil)
 	prefix := uniqueName(t)
-	rdb := sharedRedis(t, prefix)
+	rdb := testRedis(t, prefix)
 	dq := dispatch.New(rdb, dispatch.Options{Prefix: prefix})
 	const n, batches = 300, 5
 	q.mustPublish(t, events("kill", n))
@@ -503,7 +503,7 @@ func runChild() int {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
-	h := &holdingHandler{inner: newDispatchHandler(dq, "src-kill"), batches: batches}
+	h := &holdingHandler{inner: newDispatchHandler(dq, "src-kill"), batches: batches, c: c}
 	if err := c.Run(context.Background(), h); err != nil {
 		fmt.Fprintln(os.Stderr, err)
 	}
@@ -511,11 +511,12 @@ func runChild() int {
 }
 
 // holdingHandler writes batches through inner and, after the last one,
-// never returns.
+// waits until the earlier batches are deleted and never returns.
 type holdingHandler struct {
 	inner   *dispatchHandler
 	batches int
 	n       int
+	c       *sqs.Consumer
 }
 
 func (h *holdingHandler) Handle(ctx context.Context, batch []broker.Message) ([]broker.Result, error) {
@@ -528,6 +529,13 @@ func (h *holdingHandler) Handle(ctx context.Context, batch []broker.Message) ([]
 		return nil, err
 	}
 	if h.n++; h.n == h.batches {
+		for deadline := time.Now().Add(30 * time.Second); h.c.Stats().Deleted < int64(10*(h.batches-1)); {
+			if time.Now().After(deadline) {
+				fmt.Println("earlier batches not deleted")
+				select {}
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
 		fmt.Println("holding")
 		select {}
 	}

@@ -27,18 +27,27 @@ func redisAddr() string {
 	return "127.0.0.1:6379"
 }
 
-// sharedRedis is a client of the machine's Redis; every key under prefix is
-// deleted when the test ends.
-func sharedRedis(tb testing.TB, prefix string) *redis.Client {
+// testRedis is a client of the tests' Redis (the package's own
+// redis-server, see TestMain, or SLUICE_TEST_REDIS_ADDR); every key under
+// prefix is deleted when the test ends.
+func testRedis(tb testing.TB, prefix string) *redis.Client {
 	tb.Helper()
 	rdb := redis.NewClient(&redis.Options{Addr: redisAddr()})
 	tb.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
+		// The shared Redis may hold many keys: scan in large steps.
 		for _, pattern := range []string{prefix + ":*", "{" + prefix + ":*"} {
-			iter := rdb.Scan(ctx, 0, pattern, 1000).Iterator()
+			iter := rdb.Scan(ctx, 0, pattern, 100_000).Iterator()
+			var keys []string
 			for iter.Next(ctx) {
-				rdb.Del(ctx, iter.Val())
+				if keys = append(keys, iter.Val()); len(keys) == 1000 {
+					rdb.Unlink(ctx, keys...)
+					keys = keys[:0]
+				}
+			}
+			if len(keys) > 0 {
+				rdb.Unlink(ctx, keys...)
 			}
 		}
 		_ = rdb.Close()

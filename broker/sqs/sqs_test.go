@@ -6,7 +6,9 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"net"
 	"os"
+	"os/exec"
 	"regexp"
 	"strconv"
 	"testing"
@@ -15,6 +17,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/aws"
 	awssqs "github.com/aws/aws-sdk-go-v2/service/sqs"
 	"github.com/aws/aws-sdk-go-v2/service/sqs/types"
+	"github.com/redis/go-redis/v9"
 	"go.uber.org/goleak"
 
 	"github.com/sluice-io/sluice/broker"
@@ -34,6 +37,25 @@ func TestMain(m *testing.M) {
 	if os.Getenv(childEnv) != "" {
 		os.Exit(runChild())
 	}
+	// The dispatch queues of the tests live in a redis-server of the
+	// package's own: the shared one may hold so many keys that cleaning up
+	// a prefix takes seconds. Without redis-server the shared one is used.
+	stopRedis := func() {}
+	if os.Getenv("SLUICE_TEST_REDIS_ADDR") == "" {
+		stop, addr, err := startRedisServer()
+		if err == nil {
+			stopRedis = stop
+			os.Setenv("SLUICE_TEST_REDIS_ADDR", addr)
+		} else {
+			fmt.Fprintln(os.Stderr, "using the shared Redis:", err)
+		}
+	}
+	code := runTests(m)
+	stopRedis()
+	os.Exit(code)
+}
+
+func runTests(m *testing.M) int {
 	e, err := sqstest.Start()
 	switch {
 	case errors.Is(err, sqstest.ErrNotInstalled) && os.Getenv("CI") != "true":
@@ -41,7 +63,7 @@ func TestMain(m *testing.M) {
 		fmt.Fprintln(os.Stderr, skipReason)
 	case err != nil:
 		fmt.Fprintln(os.Stderr, "start the SQS emulator:", err)
-		os.Exit(1)
+		return 1
 	default:
 		emu = e
 	}
@@ -57,7 +79,43 @@ func TestMain(m *testing.M) {
 			code = 1
 		}
 	}
-	os.Exit(code)
+	return code
+}
+
+// startRedisServer starts a redis-server without persistence on a free
+// port of 127.0.0.1.
+func startRedisServer() (stop func(), addr string, err error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, "", err
+	}
+	addr = l.Addr().String()
+	_ = l.Close()
+	_, port, _ := net.SplitHostPort(addr)
+	dir, err := os.MkdirTemp("", "sluice-sqs-redis-*")
+	if err != nil {
+		return nil, "", err
+	}
+	cmd := exec.Command("redis-server", "--port", port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", dir)
+	if err := cmd.Start(); err != nil {
+		_ = os.RemoveAll(dir)
+		return nil, "", err
+	}
+	stop = func() {
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+		_ = os.RemoveAll(dir)
+	}
+	rdb := redis.NewClient(&redis.Options{Addr: addr, MaxRetries: -1})
+	defer rdb.Close()
+	for deadline := time.Now().Add(10 * time.Second); rdb.Ping(context.Background()).Err() != nil; {
+		if time.Now().After(deadline) {
+			stop()
+			return nil, "", errors.New("redis-server did not answer within 10s")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return stop, addr, nil
 }
 
 func emulator(tb testing.TB) *sqstest.Emulator {
