@@ -728,3 +728,21 @@ func TestE2EAMQPRedisStopped(t *testing.T) {
 		t.Errorf("no worker reported a failure during the Redis outage: %+v", st.Workers)
 	}
 }
+
+// publishRaw publishes n messages to the bound exchange with message-ids
+// name-0..name-(n-1); format gets the index for its %d.
+func (e *amqpE2E) publishRaw(name string, n int, format string) {
+	e.t.Helper()
+	if err := e.do(func(ch *amqp091.Channel) error {
+		for i := range n {
+			if err := ch.PublishWithContext(context.Background(), e.exchange, "orders.created", false, false, amqp091.Publishing{
+				MessageId: name + "-" + strconv.Itoa(i), Body: fmt.Appendf(nil, format, i),
+			}); err != nil {
+				return err
+			}
+		}
+		return nil
+	}); err != nil {
+		e.t.Fatalf("publish: %v", err)
+	}
+}

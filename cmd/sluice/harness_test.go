@@ -129,6 +129,9 @@ func startDaemon(t testing.TB, extra ...string) *daemon {
 	return d
 }
 
+// SetEnv sets KEY=VALUE for the next Start.
+func (d *daemon) SetEnv(kv string) { d.env = append(d.env, kv) }
+
 // Start (re)starts the process with the same port, prefix and key, and waits
 // until it is ready.
 func (d *daemon) Start() {
