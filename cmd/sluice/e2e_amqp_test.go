@@ -510,7 +510,7 @@ func TestE2EAMQPConnectionsClosed(t *testing.T) {
 }
 
 // amqpConnectionPIDs lists the broker's pids of the connections whose
-// client-provided connection_name is name.
+// client-provided connection_name is name or starts with name + "/".
 func amqpConnectionPIDs(t *testing.T, name string) []string {
 	t.Helper()
 	out, err := exec.Command("rabbitmqctl", "-q", "list_connections", "--no-table-headers", "pid", "client_properties").CombinedOutput()
@@ -519,7 +519,7 @@ func amqpConnectionPIDs(t *testing.T, name string) []string {
 	}
 	var pids []string
 	for line := range strings.Lines(string(out)) {
-		if strings.Contains(line, `"`+name+`"`) {
+		if strings.Contains(line, `"`+name+`"`) || strings.Contains(line, `"`+name+`/`) {
 			if pid, _, ok := strings.Cut(line, "\t"); ok {
 				pids = append(pids, pid)
 			}
