@@ -301,8 +301,8 @@ func waitWorkersRunningStatus(d *daemon, project, id string, workers int) superv
 func TestE2EAMQP(t *testing.T) {
 	t.Parallel()
 	const n = 20000
+	e := newAMQPE2E(t) // first: its cleanup runs after the daemon is gone
 	d := startDaemon(t)
-	e := newAMQPE2E(t)
 	src := d.CreateSource("p1", e.sourceBody(4))
 	if src.PubSub == nil || src.PubSub.AMQP == nil || src.PubSub.AMQP.BindExchange == nil ||
 		src.PubSub.AMQP.BindExchange.Exchange != e.exchange || src.PubSub.AMQP.BindExchange.RoutingKey != "orders.*" {
@@ -402,8 +402,8 @@ func processRSS(d *daemon) (int64, error) {
 func TestE2EAMQPKillAndRestart(t *testing.T) {
 	t.Parallel()
 	const n = 16000
+	e := newAMQPE2E(t) // first: its cleanup runs after the daemon is gone
 	d := startDaemon(t)
-	e := newAMQPE2E(t)
 	src := d.CreateSource("p1", e.sourceBody(2))
 	waitWorkersRunning(d, "p1", src.UID, 2)
 	published := e.publishPaced(n, 2000)
@@ -427,8 +427,8 @@ func TestE2EAMQPKillAndRestart(t *testing.T) {
 func TestE2EAMQPTermDrains(t *testing.T) {
 	t.Parallel()
 	const n = 16000
+	e := newAMQPE2E(t) // first: its cleanup runs after the daemon is gone
 	d := startDaemon(t)
-	e := newAMQPE2E(t)
 	src := d.CreateSource("p1", e.sourceBody(4))
 	waitWorkersRunning(d, "p1", src.UID, 4)
 	published := e.publishPaced(n, 2000)
@@ -474,8 +474,8 @@ func TestE2EAMQPConnectionsClosed(t *testing.T) {
 		perSec  = 2000 // the stream lasts 8s
 		workers = 2
 	)
+	e := newAMQPE2E(t) // first: its cleanup runs after the daemon is gone
 	d := startDaemon(t)
-	e := newAMQPE2E(t)
 	src := d.CreateSource("p1", e.sourceBody(workers))
 	waitWorkersRunning(d, "p1", src.UID, workers)
 	pids := amqpConnectionPIDs(t, "sluice/"+src.UID)
@@ -704,8 +704,8 @@ func TestE2EAMQPRedisStopped(t *testing.T) {
 	t.Parallel()
 	const n = 16000
 	r := startPrivateRedis(t)
+	e := newAMQPE2E(t) // before the daemon: its cleanup runs after the daemon is gone
 	d := startDaemon(t, "SLUICE_REDIS_URL="+r.URL())
-	e := newAMQPE2E(t)
 	src := d.CreateSource("p1", e.sourceBody(2))
 	waitWorkersRunning(d, "p1", src.UID, 2)
 	published := e.publishPaced(n, 2000)
