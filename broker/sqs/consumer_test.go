@@ -3,15 +3,9 @@ package sqs_test
 import (
 	"bufio"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
-	"log"
-	"net/http"
-	"net/http/httptest"
-	"net/http/httputil"
-	"net/url"
 	"os"
 	"os/exec"
 	"strings"
@@ -106,7 +100,11 @@ func TestReceivesCarryTenThroughEndpoint(t *testing.T) {
 	const n = 200
 	q.mustPublish(t, events("ten", n))
 
-	p := newCountingProxy(t, emulator(t).Endpoint)
+	p, err := sqstest.NewProxy(emulator(t).Endpoint)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(p.Close)
 	cfg := q.config()
 	cfg.Endpoint = p.URL
 	h := newDispatchHandler(dq, "src-ten")
@@ -116,7 +114,7 @@ func TestReceivesCarryTenThroughEndpoint(t *testing.T) {
 	q.waitEmpty(t, 30*time.Second)
 	stop()
 
-	sizes := p.receiveSizes()
+	sizes := p.ReceiveSizes()
 	var nonEmpty, total int
 	for _, s := range sizes {
 		if s > 0 {
@@ -130,7 +128,7 @@ func TestReceivesCarryTenThroughEndpoint(t *testing.T) {
 	if total != n || nonEmpty != n/10 {
 		t.Errorf("proxy saw %d messages in %d receives, want %d in %d", total, nonEmpty, n, n/10)
 	}
-	if got := p.calls("DeleteMessageBatch"); got < n/10 {
+	if got := p.Calls("DeleteMessageBatch"); got < n/10 {
 		t.Errorf("proxy saw %d DeleteMessageBatch calls, want at least %d", got, n/10)
 	}
 	if st := c.Stats(); st.Received != n || st.Deleted != n {
@@ -544,61 +542,3 @@ func (h *holdingHandler) Handle(ctx context.Context, batch []broker.Message) ([]
 
 func (h *holdingHandler) Failing(error) {}
 func (h *holdingHandler) Healthy()      {}
-
-// countingProxy forwards to the emulator and records the calls it sees.
-type countingProxy struct {
-	*httptest.Server
-	mu       sync.Mutex
-	actions  map[string]int
-	receives []int
-}
-
-func newCountingProxy(tb testing.TB, target string) *countingProxy {
-	tb.Helper()
-	u, err := url.Parse(target)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	p := &countingProxy{actions: make(map[string]int)}
-	rp := httputil.NewSingleHostReverseProxy(u)
-	rp.ErrorLog = log.New(io.Discard, "", 0) // a receive cut at a stop is expected
-	rp.ModifyResponse = func(resp *http.Response) error {
-		action := strings.TrimPrefix(resp.Request.Header.Get("X-Amz-Target"), "AmazonSQS.")
-		var size int
-		if action == "ReceiveMessage" && resp.StatusCode == http.StatusOK {
-			body, err := io.ReadAll(resp.Body)
-			if err != nil {
-				return err
-			}
-			_ = resp.Body.Close()
-			var out struct{ Messages []json.RawMessage }
-			if err := json.Unmarshal(body, &out); err != nil {
-				return err
-			}
-			size = len(out.Messages)
-			resp.Body = io.NopCloser(strings.NewReader(string(body)))
-		}
-		p.mu.Lock()
-		defer p.mu.Unlock()
-		p.actions[action]++
-		if action == "ReceiveMessage" {
-			p.receives = append(p.receives, size)
-		}
-		return nil
-	}
-	p.Server = httptest.NewServer(rp)
-	tb.Cleanup(p.Close)
-	return p
-}
-
-func (p *countingProxy) calls(action string) int {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.actions[action]
-}
-
-func (p *countingProxy) receiveSizes() []int {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return append([]int(nil), p.receives...)
-}
