@@ -103,6 +103,15 @@ type Lagger interface {
 	Lag() (n int64, ok bool)
 }
 
+// Partitioned is implemented by consumers whose source is split into
+// partitions shared out among the workers (Kafka). Partitions returns the
+// partitions this worker holds with the lag of each, and false when it does
+// not know yet; an empty map means the worker holds none and idles (more
+// workers than partitions). It must not block.
+type Partitioned interface {
+	Partitions() (lag map[int]int64, ok bool)
+}
+
 // Batch is how a consumer gathers messages before handing them over.
 type Batch struct {
 	// Size is the largest batch handed to Handle. Default 100.

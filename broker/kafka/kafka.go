@@ -53,8 +53,9 @@ import (
 const HeaderKey = "x-kafka-key"
 
 var (
-	_ broker.Consumer = (*Consumer)(nil)
-	_ broker.Lagger   = (*Consumer)(nil)
+	_ broker.Consumer    = (*Consumer)(nil)
+	_ broker.Lagger      = (*Consumer)(nil)
+	_ broker.Partitioned = (*Consumer)(nil)
 )
 
 // Consumer is one worker of a Kafka source. Run may be called again after it

@@ -171,5 +171,13 @@ func (w *worker) snapshot() WorkerStatus {
 			st.Lag = &n
 		}
 	}
+	if p, ok := c.(broker.Partitioned); ok {
+		if parts, ok := p.Partitions(); ok {
+			st.Partitions = parts
+			if len(parts) == 0 && st.State == StateRunning {
+				st.Note = "idle: no partition assigned (more workers than partitions)"
+			}
+		}
+	}
 	return st
 }

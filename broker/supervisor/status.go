@@ -35,6 +35,11 @@ type WorkerStatus struct {
 	// Lag is how many messages wait on the broker for this worker, where the
 	// broker can tell (Kafka lag, SQS backlog, AMQP queue depth).
 	Lag *int64 `json:"lag,omitempty"`
+	// Partitions maps each partition this worker holds to its lag (Kafka).
+	Partitions map[int]int64 `json:"partitions,omitempty"`
+	// Note explains a state worth knowing, such as a worker that idles
+	// because the source has fewer partitions than workers.
+	Note string `json:"note,omitempty"`
 }
 
 // SourceStatus is the live state of a source's workers.

@@ -269,7 +269,14 @@ func TestE2EKafka(t *testing.T) {
 		return len(st.Workers) == 3
 	})
 	var received int64
+	held := map[int]bool{}
 	for _, w := range st.Workers {
+		if len(w.Partitions) != 2 {
+			t.Errorf("worker %d holds partitions %v, want 2 of the 6", w.Worker, w.Partitions)
+		}
+		for p := range w.Partitions {
+			held[p] = true
+		}
 		received += w.Received
 		if w.Received == 0 {
 			t.Errorf("worker %d received nothing: %+v", w.Worker, w)
@@ -278,6 +285,48 @@ func TestE2EKafka(t *testing.T) {
 	if received < n {
 		t.Errorf("workers received %d messages, want at least %d", received, n)
 	}
+	if len(held) != 6 {
+		t.Errorf("the workers hold partitions %v, want all 6", held)
+	}
+}
+
+// TestE2EKafkaIdleWorkers: three workers on a two-partition topic; the status
+// says which worker idles and why, and the other two consume everything.
+func TestE2EKafkaIdleWorkers(t *testing.T) {
+	t.Parallel()
+	const n = 2000
+	e := newKafkaE2E(t, nil)
+	e.topic("few", 2)
+	d := startDaemon(t)
+	src := d.CreateSource("p1", kafkaSourceBody("few", 3, e.addrs, "few", "", nil))
+	kafkaWaitRunning(d, "p1", src.UID, 3)
+	st := d.WaitStatus("p1", src.UID, time.Minute, "partitions shared out", func(st supervisor.SourceStatus) bool {
+		assigned := 0
+		for _, w := range st.Workers {
+			if w.Lag == nil { // the worker does not know its assignment yet
+				return false
+			}
+			assigned += len(w.Partitions)
+		}
+		return assigned == 2
+	})
+	idle := 0
+	for _, w := range st.Workers {
+		if len(w.Partitions) == 0 {
+			idle++
+			if !strings.Contains(w.Note, "more workers than partitions") {
+				t.Errorf("idle worker %d has note %q", w.Worker, w.Note)
+			}
+		} else if w.Note != "" {
+			t.Errorf("busy worker %d has note %q", w.Worker, w.Note)
+		}
+	}
+	if idle != 1 {
+		t.Fatalf("%d idle workers, want 1: %+v", idle, st.Workers)
+	}
+	e.produce("few", 0, n)
+	d.WaitStream(n, time.Minute)
+	d.RequireExactlyOnce(n)
 }
 
 // TestE2EKafkaSASL: sources authenticating with SASL PLAIN and SCRAM-SHA-512
