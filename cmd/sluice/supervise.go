@@ -24,6 +24,7 @@ func consumerFactory(batch broker.Batch, log *slog.Logger) supervisor.Factory {
 		case source.PubSubAMQP:
 			cfg, err := amqpConfig(ps, src.UID)
 			cfg.Batch = batch
+			cfg.ConnectionName = fmt.Sprintf("sluice/%s/%d", src.UID, worker)
 			return consumer(cfg, err, amqp.New, l)
 		case source.PubSubGoogle:
 			cfg, err := googleConfig(ps, src.UID)

@@ -234,8 +234,10 @@ func (s *server) fail(w http.ResponseWriter, r *http.Request, err error) {
 	case r.Context().Err() != nil:
 		// the client is gone; nobody reads a response
 	default:
+		// Everything the client could have got wrong is mapped above; what is
+		// left is the store failing (Redis down, a timeout): retryable.
 		s.log.Error("admin request failed", "method", r.Method, "path", r.URL.Path, "err", err)
-		WriteError(w, http.StatusInternalServerError, "internal error")
+		WriteError(w, http.StatusServiceUnavailable, "source store unavailable, try again")
 	}
 }
 

@@ -512,6 +512,8 @@ func TestReadinessAndSourceRoutes(t *testing.T) {
 	r = down.do(t, "GET", "/healthz", "", "")
 	require.Equal(t, 200, r.Code)
 	r = down.do(t, "POST", "/api/v1/projects/p1/sources", bearer, `{"name":"n","type":"http"}`)
-	require.Equal(t, 500, r.Code, "Redis down is the server's failure")
-	require.Equal(t, "internal error", r.Body.Message)
+	require.Equal(t, 503, r.Code, "Redis down is the server's failure, and retryable")
+	require.Equal(t, "source store unavailable, try again", r.Body.Message)
+	r = down.do(t, "GET", "/api/v1/projects/p1/sources/01JD2Q4ZC6W8Y0K7V6S3T9M1PA/status", bearer, "")
+	require.Equal(t, 503, r.Code)
 }
