@@ -363,15 +363,11 @@ func (w *worker) receiveLoop(stop, recv context.Context, room chan struct{}, out
 		if !w.handleFailing.Load() {
 			w.h.Healthy()
 		}
-		if len(got) == 0 {
-			continue
+		if len(got) > 0 {
+			// Never blocks: the slot is reserved. After a stop the settle
+			// loop releases what it did not take.
+			out <- got
 		}
-		if stop.Err() != nil {
-			// Received after the stop: nobody takes it now.
-			w.release(recv, got)
-			return nil
-		}
-		out <- got // never blocks: the slot is reserved
 	}
 	return nil
 }
