@@ -4,8 +4,11 @@
 // messages a receive, with every message and system attribute) and one
 // settle loop that gathers receives into batches of up to Batch.Size, hands
 // them to the Handler and deletes the settled messages with
-// DeleteMessageBatch. The next receive runs while a batch is being handled.
-// The workers of a source compete for the queue's messages.
+// DeleteMessageBatch, ten per call, beside the next batches. The receive
+// loop runs at most one batch ahead of the settle loop and fetches nothing
+// while the Handler fails. The workers of a source compete for the queue's
+// messages. (Gathering receives into batches of 100 measured faster than
+// handing each receive of 10 over on its own: see BenchmarkConsume.)
 //
 // Acks: a message is deleted only after the Handler settled it as Written
 // or DeadLettered. While the worker holds messages (gathering, in Handle, or
@@ -16,7 +19,9 @@
 // receive count and, on a queue with a redrive policy, move messages to its
 // dead-letter queue during an outage. Messages the worker gives up on (a stop
 // while their batch fails, a receive that completed after the stop) are made
-// visible again at once (visibility 0), not after the timeout. A Rejected
+// visible again at once (visibility 0), not after the timeout; so that no
+// long poll of ours can take them back, a receive in flight at a stop is
+// given Config.StopGrace to complete before it is cut. A Rejected
 // message is left undeleted: it reappears after its visibility timeout and the
 // queue's redrive policy, if any, dead-letters it.
 //
