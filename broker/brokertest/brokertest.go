@@ -94,7 +94,7 @@ func (s suite) deliversEveryMessage(t *testing.T) {
 	publish(t, f, msgs)
 
 	rec := newRecorder(nil)
-	stop := start(t, f.NewConsumer(t), rec)
+	stop := Start(t, f.NewConsumer(t), rec)
 	rec.waitWritten(t, msgs, s.timeout)
 	stop()
 
@@ -152,7 +152,7 @@ func (s suite) transientFailureLosesNothing(t *testing.T) {
 		}
 		return nil
 	})
-	stop := start(t, f.NewConsumer(t), rec)
+	stop := Start(t, f.NewConsumer(t), rec)
 	rec.waitWritten(t, msgs, s.timeout)
 	stop()
 	rec.mu.Lock()
@@ -179,7 +179,7 @@ func (s suite) deadLetteredAreSettled(t *testing.T) {
 		}
 		return broker.Written
 	}
-	stop := start(t, f.NewConsumer(t), rec)
+	stop := Start(t, f.NewConsumer(t), rec)
 	rec.waitSettled(t, msgs, s.timeout)
 	stop()
 	waitUnacked(t, f, 0, s.timeout)
@@ -268,7 +268,7 @@ func (s suite) stopSettlesBatchInHand(t *testing.T) {
 			rest = append(rest, m)
 		}
 	}
-	stop := start(t, f.NewConsumer(t), rec2)
+	stop := Start(t, f.NewConsumer(t), rec2)
 	if len(rest) > 0 {
 		rec2.waitWritten(t, rest, s.timeout)
 	}
@@ -291,7 +291,7 @@ func (s suite) competingConsumers(t *testing.T) {
 	rec := newRecorder(nil)
 	var stops []func()
 	for range 3 {
-		stops = append(stops, start(t, f.NewConsumer(t), rec))
+		stops = append(stops, Start(t, f.NewConsumer(t), rec))
 	}
 	publish(t, f, msgs)
 	rec.waitWritten(t, msgs, s.timeout)
@@ -313,7 +313,7 @@ func (s suite) stopWhileIdle(t *testing.T) {
 	t.Parallel()
 	f := s.setup(t)
 	rec := newRecorder(nil)
-	stop := start(t, f.NewConsumer(t), rec)
+	stop := Start(t, f.NewConsumer(t), rec)
 	stop()
 	waitUnacked(t, f, 0, s.timeout)
 }
@@ -327,10 +327,10 @@ func publish(t *testing.T, f Fixture, msgs []Outgoing) {
 	}
 }
 
-// start runs c until the returned stop is called; stop requires Run to
-// return nil.
-func start(t *testing.T, c broker.Consumer, h broker.Handler) (stop func()) {
-	t.Helper()
+// Start runs c with h until the returned stop is called (also when the test
+// ends); stop fails the test unless Run returns nil within a minute.
+func Start(tb testing.TB, c broker.Consumer, h broker.Handler) (stop func()) {
+	tb.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- c.Run(ctx, h) }()
@@ -341,14 +341,14 @@ func start(t *testing.T, c broker.Consumer, h broker.Handler) (stop func()) {
 			select {
 			case err := <-done:
 				if err != nil {
-					t.Errorf("Run = %v, want nil after stop", err)
+					tb.Errorf("Run = %v, want nil after stop", err)
 				}
 			case <-time.After(time.Minute):
-				t.Error("Run did not return within a minute of its context being cancelled")
+				tb.Error("Run did not return within a minute of its context being cancelled")
 			}
 		})
 	}
-	t.Cleanup(stop)
+	tb.Cleanup(stop)
 	return stop
 }
 
