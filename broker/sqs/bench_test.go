@@ -17,10 +17,12 @@ import (
 	"github.com/sluice-io/sluice/broker"
 	"github.com/sluice-io/sluice/broker/sqs"
 	"github.com/sluice-io/sluice/dispatch"
+	"github.com/sluice-io/sluice/dispatch/dispatchtest"
 )
 
-// BenchmarkConsume drains a backlog of n messages from a fresh fauxqs queue
-// four ways, in one run, and reports each rate and the ratios:
+// BenchmarkConsume drains a backlog of messages (10,000; 2,000 for the
+// floor) from a fresh fauxqs queue four ways, in one run, and reports each
+// rate and the ratios:
 //
 //	raw_msgs/s       raw aws-sdk-go-v2 loop: ReceiveMessage(10) then one
 //	                 DeleteMessageBatch, no Redis (the baseline)
@@ -33,7 +35,7 @@ import (
 //	sluice10_msgs/s  the same with Batch.Size 10: each receive handed over
 //	                 on its own
 //
-// Each rate is n over the median of the iterations' durations: on a shared
+// Each rate is the messages over the median of the iterations' durations: on a shared
 // machine a stray stall (another process's burst, or a receive response
 // lost to a connection race and redelivered after its visibility timeout)
 // would otherwise swamp a sum. A first raw drain warms the emulator up.
@@ -41,12 +43,13 @@ import (
 // Run it alone: go test -run '^$' -bench BenchmarkConsume -benchtime 5x ./broker/sqs
 func BenchmarkConsume(b *testing.B) {
 	emulator(b)
-	const n = 4000
+	// The floor is slow: it drains fewer messages.
+	const n, nFloor = 10000, 2000
 	name := uniqueName(b)
 	// A Redis of the benchmark's own, so that other tests' load on the
 	// shared one does not count against sluice.
-	pr := startPrivateRedis(b, false)
-	rdb := redis.NewClient(&redis.Options{Addr: pr.addr})
+	pr := dispatchtest.StartRedis(b, "--appendonly", "no")
+	rdb := redis.NewClient(&redis.Options{Addr: pr.Addr()})
 	b.Cleanup(func() { _ = rdb.Close() })
 	drain(b, n, func(q testQueue) (time.Time, error) { return rawConsume(q, n, 10) })
 
@@ -58,7 +61,7 @@ func BenchmarkConsume(b *testing.B) {
 				raw = append(raw, drain(b, n, func(q testQueue) (time.Time, error) { return rawConsume(q, n, 10) }))
 			},
 			func() {
-				floor = append(floor, drain(b, n, func(q testQueue) (time.Time, error) { return rawConsume(q, n, 1) }))
+				floor = append(floor, drain(b, nFloor, func(q testQueue) (time.Time, error) { return rawConsume(q, nFloor, 1) }))
 			},
 			func() {
 				sluice = append(sluice, drain(b, n, func(q testQueue) (time.Time, error) {
@@ -76,11 +79,11 @@ func BenchmarkConsume(b *testing.B) {
 			phases[(i+j)%len(phases)]()
 		}
 	}
-	rate := func(ds []time.Duration) float64 {
+	rate := func(msgs int, ds []time.Duration) float64 {
 		slices.Sort(ds)
-		return float64(n) / ds[len(ds)/2].Seconds()
+		return float64(msgs) / ds[len(ds)/2].Seconds()
 	}
-	r, f, s, s10 := rate(raw), rate(floor), rate(sluice), rate(sluice10)
+	r, f, s, s10 := rate(n, raw), rate(nFloor, floor), rate(n, sluice), rate(n, sluice10)
 	b.ReportMetric(r, "raw_msgs/s")
 	b.ReportMetric(f, "floor_msgs/s")
 	b.ReportMetric(s, "sluice_msgs/s")
@@ -177,7 +180,7 @@ func sluiceConsume(q testQueue, dq *dispatch.Queue, n, batch int) (time.Time, er
 	if err != nil {
 		return time.Time{}, err
 	}
-	h := newDispatchHandler(dq, "src-bench")
+	h := dispatchtest.NewHandler(dq, "sqs", "src-bench")
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	done := make(chan error, 1)
@@ -189,7 +192,7 @@ func sluiceConsume(q testQueue, dq *dispatch.Queue, n, batch int) (time.Time, er
 			return time.Time{}, fmt.Errorf("Run returned early: %v", err)
 		case <-deadline:
 			return time.Time{}, fmt.Errorf("deleted %d of %d", c.Stats().Deleted, n)
-		case <-h.changed:
+		case <-h.Changed():
 		case <-time.After(10 * time.Millisecond):
 		}
 	}
@@ -198,7 +201,7 @@ func sluiceConsume(q testQueue, dq *dispatch.Queue, n, batch int) (time.Time, er
 	if err := <-done; err != nil {
 		return time.Time{}, err
 	}
-	if got := h.written.Load(); got != int64(n) {
+	if got := h.Written.Load(); got != int64(n) {
 		return time.Time{}, fmt.Errorf("sluice wrote %d of %d", got, n)
 	}
 	return end, nil
