@@ -12,6 +12,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/sluice-io/sluice/dispatch"
+	"github.com/sluice-io/sluice/dispatch/dispatchtest"
 )
 
 // BenchmarkConsume drains a backlog of messages from a RabbitMQ queue into
@@ -37,7 +38,7 @@ func BenchmarkConsume(b *testing.B) {
 	const n = 10000
 	a := newAdmin(b)
 	name := uniqueName(b)
-	rdb := testRedis(b, redisAddr(), name)
+	rdb := dispatchtest.Redis(b, name)
 	url := testConfig("").URL().String()
 
 	var raw, rawBatched, floor, sluice time.Duration
@@ -85,7 +86,7 @@ func BenchmarkConsume(b *testing.B) {
 // queue until it has written all n messages.
 func sluiceConsume(queue string, rdb *redis.Client, prefix string, n int) error {
 	q := dispatch.New(rdb, dispatch.Options{Prefix: prefix})
-	h := newDispatchHandler(q, "src", n)
+	h := dispatchtest.NewHandler(q, "amqp", "src")
 	cfg := testConfig(queue)
 	if v, _ := strconv.Atoi(os.Getenv("BENCH_BATCH")); v > 0 {
 		cfg.Batch.Size = v
@@ -98,17 +99,22 @@ func sluiceConsume(queue string, rdb *redis.Client, prefix string, n int) error 
 	defer cancel()
 	done := make(chan error, 1)
 	go func() { done <- c.Run(ctx, h) }()
-	select {
-	case <-h.done:
-	case err := <-done:
-		return fmt.Errorf("Run returned early: %v", err)
-	case <-time.After(5 * time.Minute):
+	deadline := time.After(5 * time.Minute)
+wait:
+	for h.Written.Load() < int64(n) {
+		select {
+		case <-h.Changed():
+		case err := <-done:
+			return fmt.Errorf("Run returned early: %v", err)
+		case <-deadline:
+			break wait
+		}
 	}
 	cancel()
 	if err := <-done; err != nil {
 		return err
 	}
-	if got := h.written.Load(); got != int64(n) {
+	if got := h.Written.Load(); got != int64(n) {
 		return fmt.Errorf("sluice wrote %d of %d", got, n)
 	}
 	return nil

@@ -23,6 +23,7 @@ import (
 	"github.com/sluice-io/sluice/broker"
 	"github.com/sluice-io/sluice/broker/brokertest"
 	"github.com/sluice-io/sluice/dispatch"
+	"github.com/sluice-io/sluice/dispatch/dispatchtest"
 )
 
 func TestConformance(t *testing.T) {
@@ -58,43 +59,6 @@ func TestConformance(t *testing.T) {
 	}, brokertest.Options{Messages: 300, Timeout: 30 * time.Second})
 }
 
-// runConsumer runs c until the test ends (or stop is called) and fails the
-// test when Run returns an error.
-func runConsumer(t *testing.T, c *Consumer, h broker.Handler) (stop func()) {
-	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- c.Run(ctx, h) }()
-	var once sync.Once
-	stop = func() {
-		once.Do(func() {
-			cancel()
-			select {
-			case err := <-done:
-				if err != nil {
-					t.Errorf("Run = %v, want nil", err)
-				}
-			case <-time.After(30 * time.Second):
-				t.Error("Run did not return within 30s of its stop")
-			}
-		})
-	}
-	t.Cleanup(stop)
-	return stop
-}
-
-// waitFor polls cond until it holds or timeout passes.
-func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", timeout, what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
 // TestBindAndDeadLetter runs the topology of a Convoy AMQP source: the
 // consumer declares its queue with a dead-letter exchange and binds it to an
 // existing topic exchange; valid messages published to the exchange reach
@@ -114,7 +78,7 @@ func TestBindAndDeadLetter(t *testing.T) {
 	})
 
 	prefix := name
-	rdb := testRedis(t, redisAddr(), prefix)
+	rdb := dispatchtest.Redis(t, prefix)
 	q := dispatch.New(rdb, dispatch.Options{Prefix: prefix})
 	const n = 300
 	var valid, malformed []string
@@ -131,14 +95,14 @@ func TestBindAndDeadLetter(t *testing.T) {
 			valid = append(valid, id)
 		}
 	}
-	h := newDispatchHandler(q, "src-"+name, len(valid))
-	h.reject = true
+	h := dispatchtest.NewHandler(q, "amqp", "src-"+name)
+	h.Reject = true
 
 	cfg := testConfig(queue)
 	cfg.BindExchange, cfg.RoutingKey, cfg.DeadLetterExchange = in, "orders.*", dlx
 	cfg.Batch = broker.Batch{Size: 10, Wait: 20 * time.Millisecond}
-	stop := runConsumer(t, newConsumer(t, cfg), h)
-	waitFor(t, 10*time.Second, "the consumer to consume", func() bool { return h.healthy.Load() > 0 })
+	stop := brokertest.Start(t, newConsumer(t, cfg), h)
+	dispatchtest.WaitFor(t, 10*time.Second, "the consumer to consume", func() bool { return h.HealthyReports.Load() > 0 })
 
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -149,8 +113,8 @@ func TestBindAndDeadLetter(t *testing.T) {
 	if err := a.publish(ctx, in, "invoices.created", []amqp091.Publishing{event(name+"-unrouted", -1)}); err != nil {
 		t.Fatalf("publish: %v", err)
 	}
-	h.wait(t, 30*time.Second)
-	waitFor(t, 30*time.Second, "the malformed messages in the dead-letter queue", func() bool {
+	h.WaitWritten(t, int64(len(valid)), 30*time.Second)
+	dispatchtest.WaitFor(t, 30*time.Second, "the malformed messages in the dead-letter queue", func() bool {
 		got, err := a.ready(ctx, dlq)
 		return err == nil && got >= len(malformed)
 	})
@@ -159,8 +123,8 @@ func TestBindAndDeadLetter(t *testing.T) {
 		t.Errorf("source queue holds %d messages (err %v), want 0", got, err)
 	}
 
-	counts, events := streamCounts(t, rdb, q)
-	checkExactlyOnce(t, counts, valid)
+	counts, events := dispatchtest.StreamCounts(t, rdb, q)
+	dispatchtest.RequireExactlyOnce(t, counts, len(valid), valid...)
 	for _, ev := range events {
 		if ev.MessageType != dispatch.TypeBroadcast || ev.EventType != "test.created" || ev.Broker != "amqp" {
 			t.Fatalf("event %s: type %q, event_type %q, broker %q", ev.BrokerMessageID, ev.MessageType, ev.EventType, ev.Broker)
@@ -317,8 +281,8 @@ func TestSpecialPassword(t *testing.T) {
 	cfg := testConfig(queue)
 	cfg.User, cfg.Password = user, password
 	h := &countingHandler{}
-	stop := runConsumer(t, newConsumer(t, cfg), h)
-	waitFor(t, 20*time.Second, "the message", func() bool { return h.count() == 1 })
+	stop := brokertest.Start(t, newConsumer(t, cfg), h)
+	dispatchtest.WaitFor(t, 20*time.Second, "the message", func() bool { return h.count() == 1 })
 	stop()
 
 	cfg.Password = password + "-wrong"
@@ -355,13 +319,13 @@ func TestLagIsQueueDepth(t *testing.T) {
 		t.Fatal("Lag is known before Run")
 	}
 	h := &countingHandler{block: make(chan struct{}), entered: make(chan struct{})}
-	stop := runConsumer(t, c, h)
+	stop := brokertest.Start(t, c, h)
 	<-h.entered
 	// 10 are delivered and held unacked by the blocked Handle; 40 wait.
-	waitFor(t, 10*time.Second, "Lag = 40", func() bool { n, ok := c.Lag(); return ok && n == 40 })
+	dispatchtest.WaitFor(t, 10*time.Second, "Lag = 40", func() bool { n, ok := c.Lag(); return ok && n == 40 })
 	close(h.block)
-	waitFor(t, 10*time.Second, "every message", func() bool { return h.count() == 50 })
-	waitFor(t, 10*time.Second, "Lag = 0", func() bool { n, ok := c.Lag(); return ok && n == 0 })
+	dispatchtest.WaitFor(t, 10*time.Second, "every message", func() bool { return h.count() == 50 })
+	dispatchtest.WaitFor(t, 10*time.Second, "Lag = 0", func() bool { n, ok := c.Lag(); return ok && n == 0 })
 	stop()
 }
 
@@ -376,24 +340,24 @@ func TestQueueDeletedWhileConsuming(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	h := &countingHandler{}
-	stop := runConsumer(t, newConsumer(t, testConfig(queue)), h)
+	stop := brokertest.Start(t, newConsumer(t, testConfig(queue)), h)
 	if err := a.publish(ctx, "", queue, []amqp091.Publishing{event(queue+"-1", 1)}); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 10*time.Second, "the first message", func() bool { return h.count() == 1 })
+	dispatchtest.WaitFor(t, 10*time.Second, "the first message", func() bool { return h.count() == 1 })
 	if err := a.do(func(ch *amqp091.Channel) error { _, err := ch.QueueDelete(queue, false, false, false); return err }); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 10*time.Second, "the cancel reported", func() bool { return h.failing.Load() > 0 })
+	dispatchtest.WaitFor(t, 10*time.Second, "the cancel reported", func() bool { return h.failing.Load() > 0 })
 	if err := *h.lastErr.Load(); !strings.Contains(err.Error(), "cancelled the consumer") {
 		t.Errorf("Failing(%v), want the cancel named", err)
 	}
 	// The worker declares the queue again; publish until it is there.
-	waitFor(t, 10*time.Second, "the queue declared again", func() bool { _, err := a.ready(ctx, queue); return err == nil })
+	dispatchtest.WaitFor(t, 10*time.Second, "the queue declared again", func() bool { _, err := a.ready(ctx, queue); return err == nil })
 	if err := a.publish(ctx, "", queue, []amqp091.Publishing{event(queue+"-2", 2)}); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 10*time.Second, "the second message", func() bool { return h.count() == 2 })
+	dispatchtest.WaitFor(t, 10*time.Second, "the second message", func() bool { return h.count() == 2 })
 	stop()
 }
 
@@ -451,13 +415,13 @@ func TestStopWhileRetrying(t *testing.T) {
 	h := &funcHandler{handle: func([]broker.Message) ([]broker.Result, error) {
 		return nil, errors.New("dispatch queue unavailable")
 	}}
-	stop := runConsumer(t, newConsumer(t, testConfig(queue)), h)
-	waitFor(t, 10*time.Second, "a few failed attempts", func() bool { return h.calls.Load() >= 3 })
+	stop := brokertest.Start(t, newConsumer(t, testConfig(queue)), h)
+	dispatchtest.WaitFor(t, 10*time.Second, "a few failed attempts", func() bool { return h.calls.Load() >= 3 })
 	stop()
 	if h.failing.Load() < 3 {
 		t.Errorf("Failing reported %d times for %d failed batches", h.failing.Load(), h.calls.Load())
 	}
-	waitFor(t, 10*time.Second, "all 30 messages back in the queue", func() bool {
+	dispatchtest.WaitFor(t, 10*time.Second, "all 30 messages back in the queue", func() bool {
 		n, err := a.ready(ctx, queue)
 		return err == nil && n == 30
 	})

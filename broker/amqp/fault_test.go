@@ -8,10 +8,13 @@ import (
 	"time"
 
 	amqp091 "github.com/rabbitmq/amqp091-go"
+	"github.com/redis/go-redis/v9"
 	"golang.org/x/time/rate"
 
 	"github.com/sluice-io/sluice/broker"
+	"github.com/sluice-io/sluice/broker/brokertest"
 	"github.com/sluice-io/sluice/dispatch"
+	"github.com/sluice-io/sluice/dispatch/dispatchtest"
 )
 
 // Fault tests publish at a steady pace so that the fault lands mid-stream,
@@ -79,26 +82,26 @@ func TestConnectionsClosedMidStream(t *testing.T) {
 	a := newAdmin(t)
 	name := uniqueName(t)
 	a.queue(name, "")
-	rdb := testRedis(t, redisAddr(), name)
+	rdb := dispatchtest.Redis(t, name)
 	q := dispatch.New(rdb, dispatch.Options{Prefix: name})
 	ids := messageIDs(name, faultMessages)
-	h := newDispatchHandler(q, "src", len(ids))
+	h := dispatchtest.NewHandler(q, "amqp", "src")
 
 	cfg := testConfig(name)
 	cfg.ConnectionName = name
 	const workers = 2
 	var stops []func()
 	for range workers {
-		stops = append(stops, runConsumer(t, newConsumer(t, cfg), h))
+		stops = append(stops, brokertest.Start(t, newConsumer(t, cfg), h))
 	}
-	waitFor(t, 10*time.Second, "both workers consuming", func() bool { return h.healthy.Load() >= workers })
+	dispatchtest.WaitFor(t, 10*time.Second, "both workers consuming", func() bool { return h.HealthyReports.Load() >= workers })
 	conns := connectionsNamed(t, name)
 	if len(conns) != workers {
 		t.Fatalf("found %d connections named %s, want %d", len(conns), name, workers)
 	}
 
 	pub := publishPaced(a, name, ids)
-	waitFor(t, 30*time.Second, "a first part of the stream", func() bool { return h.written.Load() >= faultMessages/8 })
+	dispatchtest.WaitFor(t, 30*time.Second, "a first part of the stream", func() bool { return h.Written.Load() >= faultMessages/8 })
 	var wg sync.WaitGroup
 	errs := make([]error, len(conns))
 	for i, c := range conns {
@@ -110,23 +113,23 @@ func TestConnectionsClosedMidStream(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if got := h.written.Load(); got >= int64(len(ids)) {
+	if got := h.Written.Load(); got >= int64(len(ids)) {
 		t.Fatalf("all %d messages were written before the connections closed; publish more or slower", got)
 	}
-	waitFor(t, 20*time.Second, "the workers to notice the closed connections", func() bool { return h.failures.Load() >= workers })
-	waitFor(t, 20*time.Second, "the workers to consume again", func() bool { return h.healthy.Load() >= 2*workers })
+	dispatchtest.WaitFor(t, 20*time.Second, "the workers to notice the closed connections", func() bool { return h.FailingReports.Load() >= workers })
+	dispatchtest.WaitFor(t, 20*time.Second, "the workers to consume again", func() bool { return h.HealthyReports.Load() >= 2*workers })
 
 	pub.wait(t)
 	waitStream(t, rdb, q, len(ids), time.Minute)
 	for _, stop := range stops {
 		stop()
 	}
-	counts, _ := streamCounts(t, rdb, q)
-	checkExactlyOnce(t, counts, ids)
+	counts, _ := dispatchtest.StreamCounts(t, rdb, q)
+	dispatchtest.RequireExactlyOnce(t, counts, len(ids), ids...)
 	if n, err := a.ready(context.Background(), name); err != nil || n != 0 {
 		t.Errorf("queue holds %d messages (err %v), want 0", n, err)
 	}
-	t.Logf("%d messages exactly once; the dedupe absorbed %d redeliveries", len(ids), h.duplicates.Load())
+	t.Logf("%d messages exactly once; the dedupe absorbed %d redeliveries", len(ids), h.Duplicates.Load())
 }
 
 // TestRedisStoppedMidStream shuts a private Redis down for 5 seconds while
@@ -140,31 +143,32 @@ func TestRedisStoppedMidStream(t *testing.T) {
 	a := newAdmin(t)
 	name := uniqueName(t)
 	a.queue(name, "")
-	r := startPrivateRedis(t)
-	rdb := testRedis(t, r.addr(), name)
+	r := dispatchtest.StartRedis(t)
+	rdb := redis.NewClient(&redis.Options{Addr: r.Addr()})
+	t.Cleanup(func() { _ = rdb.Close() })
 	q := dispatch.New(rdb, dispatch.Options{Prefix: name})
 	ids := messageIDs(name, faultMessages)
-	h := newDispatchHandler(q, "src", len(ids))
+	h := dispatchtest.NewHandler(q, "amqp", "src")
 
 	cfg := testConfig(name)
 	cfg.Reconnect = broker.Backoff{Min: 50 * time.Millisecond, Max: 500 * time.Millisecond}
 	const workers = 2
 	var stops []func()
 	for range workers {
-		stops = append(stops, runConsumer(t, newConsumer(t, cfg), h))
+		stops = append(stops, brokertest.Start(t, newConsumer(t, cfg), h))
 	}
-	waitFor(t, 10*time.Second, "both workers consuming", func() bool { return h.healthy.Load() >= workers })
+	dispatchtest.WaitFor(t, 10*time.Second, "both workers consuming", func() bool { return h.HealthyReports.Load() >= workers })
 
 	pub := publishPaced(a, name, ids)
-	waitFor(t, 30*time.Second, "a first part of the stream", func() bool { return h.written.Load() >= faultMessages/8 })
-	r.stop()
-	waitFor(t, 10*time.Second, "the workers to report the failing writes", func() bool { return h.failures.Load() >= workers })
-	stoppedAt := h.written.Load()
+	dispatchtest.WaitFor(t, 30*time.Second, "a first part of the stream", func() bool { return h.Written.Load() >= faultMessages/8 })
+	r.Stop()
+	dispatchtest.WaitFor(t, 10*time.Second, "the workers to report the failing writes", func() bool { return h.FailingReports.Load() >= workers })
+	stoppedAt := h.Written.Load()
 	time.Sleep(5 * time.Second) // the outage itself
-	if got := h.written.Load(); got != stoppedAt {
+	if got := h.Written.Load(); got != stoppedAt {
 		t.Fatalf("%d events written while Redis was down", got-stoppedAt)
 	}
-	r.start()
+	r.Start()
 
 	pub.wait(t)
 	waitStream(t, rdb, q, len(ids), time.Minute)
@@ -174,11 +178,11 @@ func TestRedisStoppedMidStream(t *testing.T) {
 	if stoppedAt >= int64(len(ids)) {
 		t.Fatalf("all messages were written before Redis stopped; publish more or slower")
 	}
-	counts, _ := streamCounts(t, rdb, q)
-	checkExactlyOnce(t, counts, ids)
+	counts, _ := dispatchtest.StreamCounts(t, rdb, q)
+	dispatchtest.RequireExactlyOnce(t, counts, len(ids), ids...)
 	if n, err := a.ready(context.Background(), name); err != nil || n != 0 {
 		t.Errorf("queue holds %d messages (err %v), want 0", n, err)
 	}
 	t.Logf("%d messages exactly once across a 5s Redis outage at %d written; %d handler failures reported; %d redeliveries or retried writes absorbed by the dedupe",
-		len(ids), stoppedAt, h.failures.Load(), h.duplicates.Load())
+		len(ids), stoppedAt, h.FailingReports.Load(), h.Duplicates.Load())
 }

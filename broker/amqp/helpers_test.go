@@ -2,23 +2,16 @@ package amqp
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"regexp"
-	"strconv"
 	"strings"
-	"sync"
-	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 
@@ -28,6 +21,7 @@ import (
 
 	"github.com/sluice-io/sluice/broker"
 	"github.com/sluice-io/sluice/dispatch"
+	"github.com/sluice-io/sluice/dispatch/dispatchtest"
 )
 
 func TestMain(m *testing.M) {
@@ -43,7 +37,6 @@ func (quietRedis) Printf(context.Context, string, ...any) {}
 // The real RabbitMQ and Redis of the machine (overridable for CI).
 func rabbitHost() string { return envOr("SLUICE_TEST_AMQP_HOST", "127.0.0.1") }
 func rabbitPort() string { return envOr("SLUICE_TEST_AMQP_PORT", "5672") }
-func redisAddr() string  { return envOr("SLUICE_TEST_REDIS_ADDR", "127.0.0.1:6379") }
 
 func envOr(k, def string) string {
 	if v := os.Getenv(k); v != "" {
@@ -245,265 +238,13 @@ func connectionsNamed(tb testing.TB, name string) []string {
 	return names
 }
 
-// --- dispatch glue ---
-
-// testRedis connects to addr and deletes every key of prefix at the end.
-func testRedis(tb testing.TB, addr, prefix string) *redis.Client {
-	tb.Helper()
-	rdb := redis.NewClient(&redis.Options{Addr: addr})
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	if err := rdb.Ping(ctx).Err(); err != nil {
-		tb.Fatalf("redis at %s: %v", addr, err)
-	}
-	tb.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer cancel()
-		for _, pattern := range []string{prefix + ":*", "{" + prefix + ":*"} {
-			iter := rdb.Scan(ctx, 0, pattern, 1000).Iterator()
-			var keys []string
-			for iter.Next(ctx) {
-				keys = append(keys, iter.Val())
-				if len(keys) == 1000 {
-					rdb.Unlink(ctx, keys...)
-					keys = keys[:0]
-				}
-			}
-			if len(keys) > 0 {
-				rdb.Unlink(ctx, keys...)
-			}
-		}
-		_ = rdb.Close()
-	})
-	return rdb
-}
-
-// dispatchHandler is test glue standing where the supervisor's handler
-// adapter stands in production: it decodes every message and enqueues the
-// batch on a real dispatch queue. Malformed messages are Rejected when
-// reject is set (the source has a dead-letter exchange); otherwise they fail
-// the batch, so tests without one publish only valid messages.
-type dispatchHandler struct {
-	q        *dispatch.Queue
-	sourceID string
-	reject   bool
-
-	written    atomic.Int64 // events newly written to the stream
-	duplicates atomic.Int64 // redeliveries the dedupe absorbed
-	failures   atomic.Int64 // Failing reports
-	healthy    atomic.Int64
-	target     int64
-	done       chan struct{}
-	once       sync.Once
-
-	mu      sync.Mutex
-	lastErr error
-}
-
-func newDispatchHandler(q *dispatch.Queue, sourceID string, target int) *dispatchHandler {
-	return &dispatchHandler{q: q, sourceID: sourceID, target: int64(target), done: make(chan struct{})}
-}
-
-func (h *dispatchHandler) Handle(ctx context.Context, batch []broker.Message) ([]broker.Result, error) {
-	results := make([]broker.Result, len(batch))
-	events := make([]dispatch.Event, 0, len(batch))
-	for i, m := range batch {
-		ev, err := dispatch.Decode(dispatch.Raw{
-			ProjectID: "project", SourceID: h.sourceID, Broker: "amqp",
-			MessageID: m.ID, Body: m.Body, Headers: m.Headers,
-		}, dispatch.DecodeOptions{})
-		if err != nil {
-			if dispatch.IsPermanent(err) && h.reject {
-				results[i] = broker.Rejected
-				continue
-			}
-			return nil, err
-		}
-		events = append(events, ev)
-	}
-	if len(events) > 0 {
-		out, err := h.q.Enqueue(ctx, events)
-		if err != nil {
-			return nil, err
-		}
-		var n int64
-		for _, o := range out {
-			if o == dispatch.Written {
-				n++
-			} else {
-				h.duplicates.Add(1)
-			}
-		}
-		if h.written.Add(n) >= h.target {
-			h.once.Do(func() { close(h.done) })
-		}
-	}
-	return results, nil
-}
-
-func (h *dispatchHandler) Failing(err error) {
-	h.failures.Add(1)
-	h.mu.Lock()
-	h.lastErr = err
-	h.mu.Unlock()
-}
-
-func (h *dispatchHandler) Healthy() { h.healthy.Add(1) }
-
-// wait waits until the handler has written its target or the timeout ends.
-func (h *dispatchHandler) wait(tb testing.TB, timeout time.Duration) {
-	tb.Helper()
-	select {
-	case <-h.done:
-	case <-time.After(timeout):
-		tb.Fatalf("written %d of %d events within %v", h.written.Load(), h.target, timeout)
-	}
-}
-
 // waitStream waits until the dispatch stream holds at least n entries. Tests
 // with faults wait on the stream, not on the handler's Written count: a
 // write whose reply was lost comes back as a Duplicate when retried.
 func waitStream(tb testing.TB, rdb *redis.Client, q *dispatch.Queue, n int, timeout time.Duration) {
 	tb.Helper()
-	deadline := time.Now().Add(timeout)
-	var got int64
-	for {
-		got, _ = rdb.XLen(context.Background(), q.StreamKey()).Result()
-		if got >= int64(n) {
-			return
-		}
-		if time.Now().After(deadline) {
-			tb.Fatalf("dispatch stream holds %d of %d entries after %v", got, n, timeout)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
-// streamCounts reads the whole dispatch stream and counts the entries per
-// broker message id.
-func streamCounts(tb testing.TB, rdb *redis.Client, q *dispatch.Queue) (map[string]int, []dispatch.Event) {
-	tb.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	counts := make(map[string]int)
-	var events []dispatch.Event
-	start := "-"
-	for {
-		entries, err := rdb.XRangeN(ctx, q.StreamKey(), start, "+", 5000).Result()
-		if err != nil {
-			tb.Fatalf("read dispatch stream: %v", err)
-		}
-		for _, e := range entries {
-			ev, err := dispatch.ParseEntry(e.Values)
-			if err != nil {
-				tb.Fatalf("entry %s: %v", e.ID, err)
-			}
-			counts[ev.BrokerMessageID]++
-			events = append(events, ev)
-		}
-		if len(entries) < 5000 {
-			return counts, events
-		}
-		start = "(" + entries[len(entries)-1].ID
-	}
-}
-
-// checkExactlyOnce fails unless the stream holds ids[i] exactly once each
-// and nothing else.
-func checkExactlyOnce(tb testing.TB, counts map[string]int, ids []string) {
-	tb.Helper()
-	missing, dups := 0, 0
-	for _, id := range ids {
-		switch n := counts[id]; {
-		case n == 0:
-			missing++
-		case n > 1:
-			dups += n - 1
-		}
-	}
-	total := 0
-	for _, n := range counts {
-		total += n
-	}
-	if missing != 0 || dups != 0 || total != len(ids) {
-		tb.Fatalf("stream holds %d entries for %d messages: %d missing, %d duplicated", total, len(ids), missing, dups)
-	}
-}
-
-// --- a private redis-server that a test may stop ---
-
-type privateRedis struct {
-	tb   testing.TB
-	port string
-	dir  string
-	cmd  *exec.Cmd
-	done chan struct{}
-}
-
-func freePort(tb testing.TB) string {
-	tb.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		tb.Fatal(err)
-	}
-	defer l.Close()
-	return strconv.Itoa(l.Addr().(*net.TCPAddr).Port)
-}
-
-// startPrivateRedis starts a redis-server on a free port with an
-// append-only file, so that a stop and a start keep its data.
-func startPrivateRedis(tb testing.TB) *privateRedis {
-	tb.Helper()
-	if _, err := exec.LookPath("redis-server"); err != nil {
-		tb.Skip("redis-server not installed")
-	}
-	r := &privateRedis{tb: tb, port: freePort(tb), dir: tb.TempDir()}
-	r.start()
-	tb.Cleanup(r.stop)
-	return r
-}
-
-func (r *privateRedis) addr() string { return "127.0.0.1:" + r.port }
-
-func (r *privateRedis) start() {
-	r.tb.Helper()
-	var out bytes.Buffer
-	r.cmd = exec.Command("redis-server", "--port", r.port, "--bind", "127.0.0.1",
-		"--save", "", "--appendonly", "yes", "--appendfsync", "everysec",
-		"--dir", r.dir, "--logfile", filepath.Join(r.dir, "redis.log"))
-	r.cmd.Stdout, r.cmd.Stderr = &out, &out
-	if err := r.cmd.Start(); err != nil {
-		r.tb.Fatalf("start redis-server: %v", err)
-	}
-	r.done = make(chan struct{})
-	go func(cmd *exec.Cmd, done chan struct{}) { _ = cmd.Wait(); close(done) }(r.cmd, r.done)
-	rdb := redis.NewClient(&redis.Options{Addr: r.addr(), MaxRetries: -1})
-	defer rdb.Close()
-	deadline := time.Now().Add(10 * time.Second)
-	for rdb.Ping(context.Background()).Err() != nil {
-		if time.Now().After(deadline) {
-			r.tb.Fatalf("redis-server on %s did not come up: %s", r.port, out.String())
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
-// stop shuts the server down (SIGTERM: it flushes its append-only file)
-// and waits for it to exit.
-func (r *privateRedis) stop() {
-	if r.cmd == nil || r.cmd.Process == nil {
-		return
-	}
-	select {
-	case <-r.done:
-		return
-	default:
-	}
-	_ = r.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-r.done:
-	case <-time.After(10 * time.Second):
-		_ = r.cmd.Process.Kill()
-		<-r.done
-	}
+	dispatchtest.WaitFor(tb, timeout, fmt.Sprintf("%d entries in the dispatch stream", n), func() bool {
+		got, _ := rdb.XLen(context.Background(), q.StreamKey()).Result()
+		return got >= int64(n)
+	})
 }
