@@ -24,6 +24,7 @@ import (
 	"github.com/sluice-io/sluice/broker/sqs"
 	"github.com/sluice-io/sluice/broker/sqs/sqstest"
 	"github.com/sluice-io/sluice/dispatch"
+	"github.com/sluice-io/sluice/dispatch/dispatchtest"
 )
 
 // TestAttributesBecomeHeaders checks what lands in the dispatch stream for
@@ -32,7 +33,7 @@ func TestAttributesBecomeHeaders(t *testing.T) {
 	t.Parallel()
 	q := newQueue(t, nil)
 	prefix := uniqueName(t)
-	rdb := testRedis(t, prefix)
+	rdb := dispatchtest.Redis(t, prefix)
 	dq := dispatch.New(rdb, dispatch.Options{Prefix: prefix})
 
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
@@ -50,13 +51,13 @@ func TestAttributesBecomeHeaders(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	h := newDispatchHandler(dq, "src-attrs")
-	stop := run(t, newConsumer(t, q.config()), h)
-	waitFor(t, 30*time.Second, "the message to be written", func() bool { return h.written.Load() == 1 })
+	h := dispatchtest.NewHandler(dq, "sqs", "src-attrs")
+	stop := brokertest.Start(t, newConsumer(t, q.config()), h)
+	dispatchtest.WaitFor(t, 30*time.Second, "the message to be written", func() bool { return h.Written.Load() == 1 })
 	q.waitEmpty(t, 30*time.Second)
 	stop()
 
-	_, evs := streamCounts(t, rdb, dq.StreamKey())
+	_, evs := dispatchtest.StreamCounts(t, rdb, dq)
 	if len(evs) != 1 {
 		t.Fatalf("stream holds %d events, want 1", len(evs))
 	}
@@ -95,7 +96,7 @@ func TestReceivesCarryTenThroughEndpoint(t *testing.T) {
 	t.Parallel()
 	q := newQueue(t, nil)
 	prefix := uniqueName(t)
-	rdb := testRedis(t, prefix)
+	rdb := dispatchtest.Redis(t, prefix)
 	dq := dispatch.New(rdb, dispatch.Options{Prefix: prefix})
 	const n = 200
 	q.mustPublish(t, events("ten", n))
@@ -107,10 +108,10 @@ func TestReceivesCarryTenThroughEndpoint(t *testing.T) {
 	t.Cleanup(p.Close)
 	cfg := q.config()
 	cfg.Endpoint = p.URL
-	h := newDispatchHandler(dq, "src-ten")
+	h := dispatchtest.NewHandler(dq, "sqs", "src-ten")
 	c := newConsumer(t, cfg)
-	stop := run(t, c, h)
-	waitFor(t, 30*time.Second, "every message to be written", func() bool { return h.written.Load() == n })
+	stop := brokertest.Start(t, c, h)
+	dispatchtest.WaitFor(t, 30*time.Second, "every message to be written", func() bool { return h.Written.Load() == n })
 	q.waitEmpty(t, 30*time.Second)
 	stop()
 
@@ -134,7 +135,7 @@ func TestReceivesCarryTenThroughEndpoint(t *testing.T) {
 	if st := c.Stats(); st.Received != n || st.Deleted != n {
 		t.Errorf("stats %+v, want %d received and deleted", st, n)
 	}
-	counts, evs := streamCounts(t, rdb, dq.StreamKey())
+	counts, evs := dispatchtest.StreamCounts(t, rdb, dq)
 	checkExactlyOnce(t, counts, evs, n)
 }
 
@@ -150,7 +151,7 @@ func testSlowHandle(t *testing.T, attrs map[string]string, vis time.Duration) {
 	t.Parallel()
 	q := newQueue(t, attrs)
 	prefix := uniqueName(t)
-	rdb := testRedis(t, prefix)
+	rdb := dispatchtest.Redis(t, prefix)
 	dq := dispatch.New(rdb, dispatch.Options{Prefix: prefix})
 	const n = 10
 	q.mustPublish(t, events("slow", n))
@@ -159,10 +160,10 @@ func testSlowHandle(t *testing.T, attrs map[string]string, vis time.Duration) {
 	cfg.VisibilityTimeout = vis
 	cfg.WaitTime = time.Second
 	slow := newConsumer(t, cfg)
-	h := newDispatchHandler(dq, "src-slow")
+	h := dispatchtest.NewHandler(dq, "sqs", "src-slow")
 	entered := make(chan struct{})
 	var first sync.Once
-	h.before = func([]broker.Message) error {
+	h.Before = func([]broker.Message) error {
 		var err error
 		first.Do(func() {
 			close(entered)
@@ -179,26 +180,26 @@ func testSlowHandle(t *testing.T, attrs map[string]string, vis time.Duration) {
 		})
 		return err
 	}
-	stopSlow := run(t, slow, h)
+	stopSlow := brokertest.Start(t, slow, h)
 	select {
 	case <-entered:
 	case <-time.After(30 * time.Second):
 		t.Fatal("the slow worker got no batch")
 	}
-	other := newDispatchHandler(dq, "src-slow")
-	stopOther := run(t, newConsumer(t, cfg), other)
-	waitFor(t, 30*time.Second, "the slow batch to be written", func() bool { return h.written.Load()+other.written.Load() == n })
+	other := dispatchtest.NewHandler(dq, "sqs", "src-slow")
+	stopOther := brokertest.Start(t, newConsumer(t, cfg), other)
+	dispatchtest.WaitFor(t, 30*time.Second, "the slow batch to be written", func() bool { return h.Written.Load()+other.Written.Load() == n })
 	q.waitEmpty(t, 30*time.Second)
 	stopSlow()
 	stopOther()
 
-	if got := other.written.Load() + other.duplicates.Load(); got != 0 {
+	if got := other.Written.Load() + other.Duplicates.Load(); got != 0 {
 		t.Errorf("the competing worker got %d of the held messages", got)
 	}
-	if h.written.Load() != n || h.failures.Load() != 0 {
-		t.Errorf("slow worker wrote %d (want %d) with %d failures", h.written.Load(), n, h.failures.Load())
+	if h.Written.Load() != n || h.Errors.Load()+h.FailingReports.Load() != 0 {
+		t.Errorf("slow worker wrote %d (want %d) with %d failures", h.Written.Load(), n, h.Errors.Load()+h.FailingReports.Load())
 	}
-	counts, evs := streamCounts(t, rdb, dq.StreamKey())
+	counts, evs := dispatchtest.StreamCounts(t, rdb, dq)
 	checkExactlyOnce(t, counts, evs, n)
 	for _, ev := range evs {
 		if rc := ev.Headers[sqs.HeaderReceiveCount]; rc != "1" {
@@ -215,7 +216,7 @@ func TestFailingBatchReleasedOnStop(t *testing.T) {
 	t.Parallel()
 	q := newQueue(t, nil)
 	prefix := uniqueName(t)
-	rdb := testRedis(t, prefix)
+	rdb := dispatchtest.Redis(t, prefix)
 	dq := dispatch.New(rdb, dispatch.Options{Prefix: prefix})
 	const n = 10
 	q.mustPublish(t, events("release", n))
@@ -224,12 +225,12 @@ func TestFailingBatchReleasedOnStop(t *testing.T) {
 	cfg.VisibilityTimeout = 5 * time.Minute // only a release makes them visible soon
 	cfg.WaitTime = time.Second
 	c := newConsumer(t, cfg)
-	failing := newDispatchHandler(dq, "src-release")
-	failing.before = func([]broker.Message) error { return errors.New("dispatch queue unavailable") }
-	stop := run(t, c, failing)
+	failing := dispatchtest.NewHandler(dq, "sqs", "src-release")
+	failing.Before = func([]broker.Message) error { return errors.New("dispatch queue unavailable") }
+	stop := brokertest.Start(t, c, failing)
 	// Once the handler failed and the receive after the first completed,
 	// the worker holds the batch and fetches nothing more.
-	waitFor(t, 30*time.Second, "failed retries", func() bool { return failing.failures.Load() >= 3 && c.Stats().Receives >= 2 })
+	dispatchtest.WaitFor(t, 30*time.Second, "failed retries", func() bool { return failing.Errors.Load() >= 3 && c.Stats().Receives >= 2 })
 	stop()
 
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -242,12 +243,12 @@ func TestFailingBatchReleasedOnStop(t *testing.T) {
 		t.Fatalf("after the stop the queue has %d visible and %d in flight, want %d and 0", visible, inFlight, n)
 	}
 
-	h := newDispatchHandler(dq, "src-release")
-	stop = run(t, newConsumer(t, q.config()), h)
-	waitFor(t, 30*time.Second, "every message to be written", func() bool { return h.written.Load() == n })
+	h := dispatchtest.NewHandler(dq, "sqs", "src-release")
+	stop = brokertest.Start(t, newConsumer(t, q.config()), h)
+	dispatchtest.WaitFor(t, 30*time.Second, "every message to be written", func() bool { return h.Written.Load() == n })
 	q.waitEmpty(t, 30*time.Second)
 	stop()
-	counts, evs := streamCounts(t, rdb, dq.StreamKey())
+	counts, evs := dispatchtest.StreamCounts(t, rdb, dq)
 	checkExactlyOnce(t, counts, evs, n)
 	for _, ev := range evs {
 		if rc := ev.Headers[sqs.HeaderReceiveCount]; rc != "2" {
@@ -261,29 +262,29 @@ func TestFailingBatchReleasedOnStop(t *testing.T) {
 func TestRedisOutage(t *testing.T) {
 	t.Parallel()
 	q := newQueue(t, nil)
-	r := startPrivateRedis(t, true)
-	rdb := redis.NewClient(&redis.Options{Addr: r.addr, MaxRetries: 1, DialTimeout: 500 * time.Millisecond})
+	r := dispatchtest.StartRedis(t)
+	rdb := redis.NewClient(&redis.Options{Addr: r.Addr(), MaxRetries: 1, DialTimeout: 500 * time.Millisecond})
 	t.Cleanup(func() { _ = rdb.Close() })
 	dq := dispatch.New(rdb, dispatch.Options{Prefix: "outage"})
 	const n = 2000
 	q.mustPublish(t, events("outage", n))
 
-	h := newDispatchHandler(dq, "src-outage")
+	h := dispatchtest.NewHandler(dq, "sqs", "src-outage")
 	cfg := q.config()
 	cfg.Batch = broker.Batch{Size: 50}
-	stop := run(t, newConsumer(t, cfg), h)
-	waitFor(t, 30*time.Second, "a quarter of the messages", func() bool { return h.written.Load() >= n/4 })
-	r.stop()
-	failed := h.failures.Load()
-	waitFor(t, 30*time.Second, "failures while Redis is down", func() bool { return h.failures.Load() >= failed+3 })
-	if w := h.written.Load(); w >= n {
+	stop := brokertest.Start(t, newConsumer(t, cfg), h)
+	dispatchtest.WaitFor(t, 30*time.Second, "a quarter of the messages", func() bool { return h.Written.Load() >= n/4 })
+	r.Stop()
+	failed := h.Errors.Load()
+	dispatchtest.WaitFor(t, 30*time.Second, "failures while Redis is down", func() bool { return h.Errors.Load() >= failed+3 })
+	if w := h.Written.Load(); w >= n {
 		t.Fatalf("all %d messages were written before the outage; nothing was tested", w)
 	}
-	r.start(t)
+	r.Start()
 	// A batch whose write Redis applied but whose reply the kill lost is
 	// retried and found written (a duplicate): count the stream, not the
 	// handler's writes.
-	waitFor(t, 60*time.Second, "every message in the stream after the outage", func() bool {
+	dispatchtest.WaitFor(t, 60*time.Second, "every message in the stream after the outage", func() bool {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
 		n2, err := rdb.XLen(ctx, dq.StreamKey()).Result()
@@ -292,9 +293,9 @@ func TestRedisOutage(t *testing.T) {
 	q.waitEmpty(t, 30*time.Second)
 	stop()
 
-	counts, evs := streamCounts(t, rdb, dq.StreamKey())
+	counts, evs := dispatchtest.StreamCounts(t, rdb, dq)
 	checkExactlyOnce(t, counts, evs, n)
-	t.Logf("%d handler failures during the outage, %d duplicates absorbed", h.failures.Load()-failed, h.duplicates.Load())
+	t.Logf("%d handler failures during the outage, %d duplicates absorbed", h.Errors.Load()-failed, h.Duplicates.Load())
 }
 
 // TestMalformedBodyDeadLettered publishes malformed messages among good
@@ -303,7 +304,7 @@ func TestMalformedBodyDeadLettered(t *testing.T) {
 	t.Parallel()
 	q := newQueue(t, nil)
 	prefix := uniqueName(t)
-	rdb := testRedis(t, prefix)
+	rdb := dispatchtest.Redis(t, prefix)
 	dq := dispatch.New(rdb, dispatch.Options{Prefix: prefix})
 	const good = 30
 	msgs := events("mixed", good)
@@ -314,15 +315,15 @@ func TestMalformedBodyDeadLettered(t *testing.T) {
 	msgs = append(msgs[:10], append(bad, msgs[10:]...)...)
 	q.mustPublish(t, msgs)
 
-	h := newDispatchHandler(dq, "src-mixed")
-	stop := run(t, newConsumer(t, q.config()), h)
-	waitFor(t, 30*time.Second, "every message to be settled", func() bool {
-		return h.written.Load() == good && h.dead.Load() == int64(len(bad))
+	h := dispatchtest.NewHandler(dq, "sqs", "src-mixed")
+	stop := brokertest.Start(t, newConsumer(t, q.config()), h)
+	dispatchtest.WaitFor(t, 30*time.Second, "every message to be settled", func() bool {
+		return h.Written.Load() == good && h.Dead.Load() == int64(len(bad))
 	})
 	q.waitEmpty(t, 30*time.Second)
 	stop()
 
-	counts, evs := streamCounts(t, rdb, dq.StreamKey())
+	counts, evs := dispatchtest.StreamCounts(t, rdb, dq)
 	checkExactlyOnce(t, counts, evs, good)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -356,7 +357,7 @@ func TestMissingQueue(t *testing.T) {
 	c := newConsumer(t, q.config())
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	h := newDispatchHandler(nil, "src-missing")
+	h := dispatchtest.NewHandler(nil, "sqs", "src-missing")
 	err := c.Run(ctx, h)
 	if err == nil || !strings.Contains(err.Error(), "does not exist") || !strings.Contains(err.Error(), q.name) {
 		t.Fatalf("Run = %v, want an error saying queue %s does not exist", err, q.name)
@@ -368,7 +369,7 @@ func TestLag(t *testing.T) {
 	t.Parallel()
 	q := newQueue(t, nil)
 	prefix := uniqueName(t)
-	rdb := testRedis(t, prefix)
+	rdb := dispatchtest.Redis(t, prefix)
 	dq := dispatch.New(rdb, dispatch.Options{Prefix: prefix})
 	const n = 100
 	q.mustPublish(t, events("lag", n))
@@ -382,22 +383,22 @@ func TestLag(t *testing.T) {
 	}
 	release := make(chan struct{})
 	var held atomic.Int64
-	h := newDispatchHandler(dq, "src-lag")
-	h.before = func([]broker.Message) error {
+	h := dispatchtest.NewHandler(dq, "sqs", "src-lag")
+	h.Before = func([]broker.Message) error {
 		held.Store(1)
 		<-release
 		return nil
 	}
-	stop := run(t, c, h)
+	stop := brokertest.Start(t, c, h)
 	// While the first batch is held the worker holds at most 30 messages
 	// (in Handle, waiting, being received); the rest are waiting.
-	waitFor(t, 30*time.Second, "a lag figure while a batch is held", func() bool {
+	dispatchtest.WaitFor(t, 30*time.Second, "a lag figure while a batch is held", func() bool {
 		lag, ok := c.Lag()
 		return held.Load() == 1 && ok && lag >= n-30 && lag < n
 	})
 	close(release)
-	waitFor(t, 30*time.Second, "every message", func() bool { return h.written.Load() == n })
-	waitFor(t, 30*time.Second, "lag 0", func() bool { lag, ok := c.Lag(); return ok && lag == 0 })
+	dispatchtest.WaitFor(t, 30*time.Second, "every message", func() bool { return h.Written.Load() == n })
+	dispatchtest.WaitFor(t, 30*time.Second, "lag 0", func() bool { lag, ok := c.Lag(); return ok && lag == 0 })
 	stop()
 }
 
@@ -409,7 +410,7 @@ func TestKilledMidBatch(t *testing.T) {
 	t.Parallel()
 	q := newQueue(t, nil)
 	prefix := uniqueName(t)
-	rdb := testRedis(t, prefix)
+	rdb := dispatchtest.Redis(t, prefix)
 	dq := dispatch.New(rdb, dispatch.Options{Prefix: prefix})
 	const n, batches = 300, 5
 	q.mustPublish(t, events("kill", n))
@@ -463,16 +464,16 @@ func TestKilledMidBatch(t *testing.T) {
 		t.Fatalf("the killed worker wrote %d events, want %d", before, batches*10)
 	}
 
-	h := newDispatchHandler(dq, "src-kill")
-	stop := run(t, newConsumer(t, q.config()), h)
-	waitFor(t, 60*time.Second, "the rest of the messages", func() bool { return h.written.Load() == n-before })
+	h := dispatchtest.NewHandler(dq, "sqs", "src-kill")
+	stop := brokertest.Start(t, newConsumer(t, q.config()), h)
+	dispatchtest.WaitFor(t, 60*time.Second, "the rest of the messages", func() bool { return h.Written.Load() == n-before })
 	q.waitEmpty(t, 30*time.Second)
 	stop()
 	// The last batch was written and never deleted: it came back, all 10.
-	if got := h.duplicates.Load(); got != 10 {
+	if got := h.Duplicates.Load(); got != 10 {
 		t.Errorf("dedupe absorbed %d redelivered messages, want the 10 of the unacked batch", got)
 	}
-	counts, evs := streamCounts(t, rdb, dq.StreamKey())
+	counts, evs := dispatchtest.StreamCounts(t, rdb, dq)
 	checkExactlyOnce(t, counts, evs, n)
 }
 
@@ -485,7 +486,7 @@ const childEnv = "SLUICE_SQS_TEST_CHILD"
 func runChild() int {
 	var batches int
 	_, _ = fmt.Sscan(os.Getenv("SQS_TEST_BATCHES"), &batches)
-	rdb := redis.NewClient(&redis.Options{Addr: redisAddr()})
+	rdb := redis.NewClient(&redis.Options{Addr: dispatchtest.RedisAddr()})
 	dq := dispatch.New(rdb, dispatch.Options{Prefix: os.Getenv("SQS_TEST_PREFIX")})
 	c, err := sqs.New(sqs.Config{
 		AccessKeyID:       sqstest.AccessKeyID,
@@ -501,7 +502,7 @@ func runChild() int {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
-	h := &holdingHandler{inner: newDispatchHandler(dq, "src-kill"), batches: batches, c: c}
+	h := &holdingHandler{inner: dispatchtest.NewHandler(dq, "sqs", "src-kill"), batches: batches, c: c}
 	if err := c.Run(context.Background(), h); err != nil {
 		fmt.Fprintln(os.Stderr, err)
 	}
@@ -511,7 +512,7 @@ func runChild() int {
 // holdingHandler writes batches through inner and, after the last one,
 // waits until the earlier batches are deleted and never returns.
 type holdingHandler struct {
-	inner   *dispatchHandler
+	inner   *dispatchtest.Handler
 	batches int
 	n       int
 	c       *sqs.Consumer
