@@ -162,6 +162,21 @@ func Decode(raw Raw, opts DecodeOptions) (Event, error) {
 		return Event{}, &PermanentError{Reason: fmt.Sprintf("body is %d bytes, over the limit of %d bytes", len(raw.Body), limit)}
 	}
 	b := bytes.TrimPrefix(raw.Body, utf8BOM)
+	ev, ok := decodeWellFormed(raw, b)
+	if !ok {
+		var err error
+		if ev, err = decodeGeneral(raw, b); err != nil {
+			return Event{}, err
+		}
+	}
+	finish(&ev)
+	return ev, nil
+}
+
+// decodeGeneral decodes body b (without a byte-order mark) of raw with
+// encoding/json, naming every problem it finds. The event it returns has
+// neither an id nor a default receive time yet.
+func decodeGeneral(raw Raw, b []byte) (Event, error) {
 	trimmed := bytes.TrimSpace(b)
 	if len(trimmed) == 0 {
 		return Event{}, &PermanentError{Reason: "body is empty"}
@@ -252,11 +267,419 @@ func Decode(raw Raw, opts DecodeOptions) (Event, error) {
 	if len(problems) > 0 {
 		return Event{}, &PermanentError{Reason: strings.Join(problems, "; ")}
 	}
+	return ev, nil
+}
+
+// finish gives a decoded event its id, and its receive time when the broker
+// had none.
+func finish(ev *Event) {
 	if ev.ReceivedAt.IsZero() {
 		ev.ReceivedAt = time.Now().UTC()
 	}
 	ev.ID = ulid.Make().String()
-	return ev, nil
+}
+
+// decodeWellFormed is Decode's fast path: one pass over the body that
+// validates it (JSON syntax and UTF-8) and finds the fields, without
+// reflection. It handles only a message Decode accepts and returns false for
+// anything else or anything unusual (a problem, escaped or non-ASCII names, a
+// null custom header, custom header names that collide once lower-cased,
+// deep nesting), leaving it to the general path, which decides and explains.
+// For the messages it accepts the result is decodeGeneral's.
+func decodeWellFormed(raw Raw, b []byte) (Event, bool) {
+	var f wellFormedBody
+	s := scanner{b: b}
+	s.space()
+	if s.i == len(b) || b[s.i] != '{' || !s.object(f.member) {
+		return Event{}, false
+	}
+	if s.space(); s.i != len(b) {
+		return Event{}, false
+	}
+	if len(f.data) == 0 || string(f.data) == "null" {
+		return Event{}, false
+	}
+	ev := Event{
+		V:               Version,
+		ProjectID:       raw.ProjectID,
+		SourceID:        raw.SourceID,
+		Broker:          raw.Broker,
+		BrokerMessageID: raw.MessageID,
+		ReceivedAt:      raw.ReceivedAt.UTC(),
+	}
+	var ok [4]bool
+	ev.EndpointID, ok[0] = stringField(f.endpointID)
+	ev.OwnerID, ok[1] = stringField(f.ownerID)
+	ev.EventType, ok[2] = stringField(f.eventType)
+	ev.IdempotencyKey, ok[3] = stringField(f.idempotencyKey)
+	if ok != [4]bool{true, true, true, true} || strings.TrimSpace(ev.EventType) == "" {
+		return Event{}, false
+	}
+
+	mt := strings.ToLower(strings.TrimSpace(headerValue(raw.Headers, HeaderMessageType)))
+	switch mt {
+	case "", TypeSingle:
+		ev.MessageType = TypeSingle
+		if strings.TrimSpace(ev.EndpointID) == "" {
+			return Event{}, false
+		}
+	case TypeFanout:
+		ev.MessageType = TypeFanout
+		if strings.TrimSpace(ev.OwnerID) == "" {
+			return Event{}, false
+		}
+	case TypeBroadcast:
+		ev.MessageType = TypeBroadcast
+	default:
+		return Event{}, false
+	}
+
+	var custom []headerPair
+	if len(f.customHeaders) > 0 && string(f.customHeaders) != "null" {
+		var buf [8]headerPair
+		var ok bool
+		if custom, ok = customHeaders(f.customHeaders, buf[:0]); !ok {
+			return Event{}, false
+		}
+	}
+	ev.Headers = make(map[string]string, len(custom)+len(raw.Headers)+1)
+	lowered := false
+	for _, p := range custom {
+		lk := strings.ToLower(p.name)
+		lowered = lowered || lk != p.name
+		if _, dup := ev.Headers[lk]; dup && lowered {
+			// Which spelling wins depends on the general path's map order.
+			return Event{}, false
+		}
+		ev.Headers[lk] = p.value
+	}
+	mergeLower(ev.Headers, raw.Headers)
+	if raw.MessageID != "" {
+		ev.Headers[HeaderBrokerMessageID] = raw.MessageID
+	}
+	ev.Data = append(json.RawMessage(nil), f.data...)
+	return ev, true
+}
+
+// wellFormedBody holds the raw values of a body's known fields, as slices of
+// the body; nil when absent.
+type wellFormedBody struct {
+	endpointID, ownerID, eventType, data, customHeaders, idempotencyKey []byte
+}
+
+// member records a top-level member. Like encoding/json (and so the general
+// path), a later duplicate wins. encoding/json also matches names ignoring
+// case and unescapes them: such names return false.
+func (f *wellFormedBody) member(name, value []byte) bool {
+	n := name[1 : len(name)-1]
+	switch string(n) {
+	case "endpoint_id":
+		f.endpointID = value
+	case "owner_id":
+		f.ownerID = value
+	case "event_type":
+		f.eventType = value
+	case "data":
+		f.data = value
+	case "custom_headers":
+		f.customHeaders = value
+	case "idempotency_key":
+		f.idempotencyKey = value
+	default:
+		for _, c := range n {
+			if c == '\\' || c >= utf8.RuneSelf {
+				return false
+			}
+		}
+		for _, known := range [...]string{"endpoint_id", "owner_id", "event_type", "data", "custom_headers", "idempotency_key"} {
+			if len(n) == len(known) && strings.EqualFold(string(n), known) {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+// stringField is the value of a validated JSON string or null; false for
+// any other JSON type.
+func stringField(v []byte) (string, bool) {
+	if len(v) == 0 || string(v) == "null" {
+		return "", true
+	}
+	if v[0] != '"' {
+		return "", false
+	}
+	if bytes.IndexByte(v, '\\') < 0 {
+		// Valid UTF-8 without escapes unquotes to itself.
+		return string(v[1 : len(v)-1]), true
+	}
+	var s string
+	if json.Unmarshal(v, &s) != nil {
+		return "", false
+	}
+	return s, true
+}
+
+type headerPair struct{ name, value string }
+
+// customHeaders appends the members of a validated custom_headers object to
+// pairs, in order; false when a value is not a string.
+func customHeaders(obj []byte, pairs []headerPair) ([]headerPair, bool) {
+	s := scanner{b: obj}
+	ok := s.object(func(name, value []byte) bool {
+		if value[0] != '"' {
+			return false
+		}
+		n, nok := stringField(name)
+		v, vok := stringField(value)
+		pairs = append(pairs, headerPair{n, v})
+		return nok && vok
+	})
+	return pairs, ok
+}
+
+// maxWellFormedDepth is the deepest nesting the fast path takes; deeper
+// bodies go to the general path (encoding/json allows 10,000).
+const maxWellFormedDepth = 512
+
+// scanner validates JSON (RFC 8259, as encoding/json does) and UTF-8 in one
+// pass.
+type scanner struct {
+	b     []byte
+	i     int
+	depth int
+}
+
+// space skips JSON whitespace.
+func (s *scanner) space() {
+	for s.i < len(s.b) {
+		switch s.b[s.i] {
+		case ' ', '\t', '\n', '\r':
+			s.i++
+		default:
+			return
+		}
+	}
+}
+
+// value scans one value.
+func (s *scanner) value() bool {
+	if s.i == len(s.b) {
+		return false
+	}
+	switch c := s.b[s.i]; {
+	case c == '{':
+		return s.object(nil)
+	case c == '[':
+		return s.array()
+	case c == '"':
+		return s.str()
+	case c == 't':
+		return s.literal("true")
+	case c == 'f':
+		return s.literal("false")
+	case c == 'n':
+		return s.literal("null")
+	case c == '-' || '0' <= c && c <= '9':
+		return s.number()
+	}
+	return false
+}
+
+// object scans an object starting at s.i (a '{'), handing each member's name
+// (quoted) and value to member unless it is nil; it stops when member returns
+// false.
+func (s *scanner) object(member func(name, value []byte) bool) bool {
+	if s.depth++; s.depth > maxWellFormedDepth {
+		return false
+	}
+	s.i++
+	s.space()
+	if s.i < len(s.b) && s.b[s.i] == '}' {
+		s.i++
+		s.depth--
+		return true
+	}
+	for {
+		start := s.i
+		if !s.str() {
+			return false
+		}
+		name := s.b[start:s.i]
+		s.space()
+		if s.i == len(s.b) || s.b[s.i] != ':' {
+			return false
+		}
+		s.i++
+		s.space()
+		start = s.i
+		if !s.value() {
+			return false
+		}
+		if member != nil && !member(name, s.b[start:s.i]) {
+			return false
+		}
+		s.space()
+		if s.i == len(s.b) {
+			return false
+		}
+		switch s.b[s.i] {
+		case ',':
+			s.i++
+			s.space()
+		case '}':
+			s.i++
+			s.depth--
+			return true
+		default:
+			return false
+		}
+	}
+}
+
+// array scans an array starting at s.i (a '[').
+func (s *scanner) array() bool {
+	if s.depth++; s.depth > maxWellFormedDepth {
+		return false
+	}
+	s.i++
+	s.space()
+	if s.i < len(s.b) && s.b[s.i] == ']' {
+		s.i++
+		s.depth--
+		return true
+	}
+	for {
+		if !s.value() {
+			return false
+		}
+		s.space()
+		if s.i == len(s.b) {
+			return false
+		}
+		switch s.b[s.i] {
+		case ',':
+			s.i++
+			s.space()
+		case ']':
+			s.i++
+			s.depth--
+			return true
+		default:
+			return false
+		}
+	}
+}
+
+// plainStringByte are the bytes a JSON string holds as they are: printable
+// ASCII but the quote and the backslash.
+var plainStringByte = func() (t [256]bool) {
+	for c := 0x20; c < utf8.RuneSelf; c++ {
+		t[c] = c != '"' && c != '\\'
+	}
+	return t
+}()
+
+// str scans a string starting at s.i (a '"'), checking its escapes and that
+// it is valid UTF-8.
+func (s *scanner) str() bool {
+	b := s.b
+	if s.i == len(b) || b[s.i] != '"' {
+		return false
+	}
+	i := s.i + 1
+	for i < len(b) {
+		c := b[i]
+		switch {
+		case plainStringByte[c]:
+			i++
+		case c == '"':
+			s.i = i + 1
+			return true
+		case c == '\\':
+			if i+1 == len(b) {
+				return false
+			}
+			switch b[i+1] {
+			case '"', '\\', '/', 'b', 'f', 'n', 'r', 't':
+				i += 2
+			case 'u':
+				if i+6 > len(b) || !isHex(b[i+2]) || !isHex(b[i+3]) || !isHex(b[i+4]) || !isHex(b[i+5]) {
+					return false
+				}
+				i += 6
+			default:
+				return false
+			}
+		case c < 0x20:
+			return false
+		default:
+			r, n := utf8.DecodeRune(b[i:])
+			if r == utf8.RuneError && n == 1 {
+				return false
+			}
+			i += n
+		}
+	}
+	return false
+}
+
+func isHex(c byte) bool {
+	return '0' <= c && c <= '9' || 'a' <= c && c <= 'f' || 'A' <= c && c <= 'F'
+}
+
+func isDigit(c byte) bool { return '0' <= c && c <= '9' }
+
+// literal scans true, false or null.
+func (s *scanner) literal(lit string) bool {
+	if !bytes.HasPrefix(s.b[s.i:], []byte(lit)) {
+		return false
+	}
+	s.i += len(lit)
+	return true
+}
+
+// number scans a number: -? (0 | [1-9][0-9]*) (.[0-9]+)? ([eE][+-]?[0-9]+)?
+func (s *scanner) number() bool {
+	b, i := s.b, s.i
+	if b[i] == '-' {
+		i++
+	}
+	switch {
+	case i == len(b):
+		return false
+	case b[i] == '0':
+		i++
+	case '1' <= b[i] && b[i] <= '9':
+		for i < len(b) && isDigit(b[i]) {
+			i++
+		}
+	default:
+		return false
+	}
+	if i < len(b) && b[i] == '.' {
+		i++
+		if i == len(b) || !isDigit(b[i]) {
+			return false
+		}
+		for i < len(b) && isDigit(b[i]) {
+			i++
+		}
+	}
+	if i < len(b) && (b[i] == 'e' || b[i] == 'E') {
+		i++
+		if i < len(b) && (b[i] == '+' || b[i] == '-') {
+			i++
+		}
+		if i == len(b) || !isDigit(b[i]) {
+			return false
+		}
+		for i < len(b) && isDigit(b[i]) {
+			i++
+		}
+	}
+	s.i = i
+	return true
 }
 
 // mergeLower copies src into dst with lower-cased keys. When src holds the

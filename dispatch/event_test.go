@@ -222,3 +222,113 @@ func TestEntryRoundTrip(t *testing.T) {
 		t.Error("ParseEntry accepted envelope version 2")
 	}
 }
+
+// wellFormedSeeds are bodies for the fast path's differential test: the usual
+// shapes and the unusual ones it must either decode as decodeGeneral does or
+// leave to it.
+var wellFormedSeeds = []string{
+	`{"endpoint_id":"ep1","event_type":"user.created","data":{"a":1}}`,
+	` {"endpoint_id" : "ep1" ,"event_type":"e", "data" : [1,-2.5e+3,0,true,false,null,"s",{},[]] } ` + "\r\n\t",
+	`{"owner_id":"o1","event_type":"e","data":"x","idempotency_key":"k","endpoint_id":null,"custom_headers":null}`,
+	`{"endpoint_id":"ep1","event_type":"e","data":{},"custom_headers":{"X-Tenant":"t1","x-b":"","x-c":"caf\u00e9 \"q\""}}`,
+	`{"endpoint_id":"ep1","event_type":"e","data":{},"custom_headers":{"x-a":"1","x-a":"2"}}`,
+	`{"endpoint_id":"ep1","event_type":"e","data":{},"custom_headers":{"X-A":"1","x-a":"2"}}`,
+	`{"endpoint_id":"ep1","event_type":"e","data":{},"custom_headers":{"x-a":"1","X-A":"2"}}`,
+	`{"endpoint_id":"ep1","event_type":"e","data":{},"custom_headers":{"x-n":null}}`,
+	`{"endpoint_id":"ep1","event_type":"e","data":{},"custom_headers":{"x-n":1}}`,
+	`{"endpoint_id":"ep1","event_type":"e","data":{},"custom_headers":{"x-\u0041":"v","\u212a":"kelvin"}}`,
+	`{"endpoint_id":"ep1","event_type":"e","data":{},"custom_headers":{}}`,
+	`{"endpoint_id":"ep1","event_type":"e","data":{},"custom_headers":[]}`,
+	`{"Endpoint_ID":"ep1","event_type":"e","data":{}}`,
+	`{"endpoint_id":"ep1","EVENT_TYPE":"e","event_type":"f","data":{}}`,
+	`{"endpoint_id":"ep1","event_\u0074ype":"e","data":{}}`,
+	"{\"endpoint_id\":\"ep1\",\"event_type\":\"e\",\"data\":{},\"idempotency_\u212aey\":\"k\"}",
+	"{\"endpoint_id\":\"ep1\",\"event_type\":\"e\",\"data\":{},\"custom_header\u017f\":{\"a\":\"b\"}}",
+	`{"endpoint_id":"ep1","event_type":"e\u00e9\ud800\n\/","data":{"k":"\uD83D\uDE00"}}`,
+	`{"endpoint_id":"ep1","event_type":"e","data":{},"data":null}`,
+	`{"endpoint_id":"ep1","event_type":"e","data":null,"data":0}`,
+	`{"endpoint_id":"ep1","event_type":"e","data":-0.0E-0}`,
+	`{"endpoint_id":"ep1","event_type":"e","data":01}`,
+	`{"endpoint_id":"ep1","event_type":"e","data":1.}`,
+	`{"endpoint_id":"ep1","event_type":"e","data":.5}`,
+	`{"endpoint_id":"ep1","event_type":"e","data":-}`,
+	`{"endpoint_id":"ep1","event_type":"e","data":+1}`,
+	`{"endpoint_id":"ep1","event_type":"e","data":1e}`,
+	`{"endpoint_id":"ep1","event_type":"e","data":nul}`,
+	`{"endpoint_id":"ep1","event_type":"e","data":truex}`,
+	`{"endpoint_id":"ep1","event_type":"e","data":[1,]}`,
+	`{"endpoint_id":"ep1","event_type":"e","data":{"a":1,}}`,
+	`{"endpoint_id":"ep1","event_type":"e","data":{"a"}}`,
+	`{"endpoint_id":"ep1","event_type":"e","data":"\x"}`,
+	`{"endpoint_id":"ep1","event_type":"e","data":"\u12g4"}`,
+	"{\"endpoint_id\":\"ep1\",\"event_type\":\"e\",\"data\":\"tab\there\"}",
+	"{\"endpoint_id\":\"ep1\",\"event_type\":\"e\",\"data\":\"\xed\xa0\x80\"}",
+	"{\"endpoint_id\":\"ep1\",\"event_type\":\"e\",\"data\":\"\xc3\"}",
+	"{\"endpoint_id\":\"ep1\",\"event_type\":\"e\",\"data\":{}}\v",
+	"\v{\"endpoint_id\":\"ep1\",\"event_type\":\"e\",\"data\":{}}",
+	"\u00a0{\"endpoint_id\":\"ep1\",\"event_type\":\"e\",\"data\":{}}",
+	`{"endpoint_id":"ep1","event_type":"e","data":{}}{}`,
+	`{"endpoint_id":"ep1","event_type":"e","data":{}`,
+	`{"endpoint_id":"ep1","event_type":"  ","data":{}}`,
+	`{"endpoint_id":" ","event_type":"e","data":{}}`,
+	`{"endpoint_id":1,"event_type":"e","data":{}}`,
+	`{"endpoint_id":"ep1","event_type":"e","data":` + strings.Repeat("[", 600) + strings.Repeat("]", 600) + `}`,
+	`{"endpoint_id":"ep1","event_type":"e","data":` + strings.Repeat(`{"a":`, 100) + "1" + strings.Repeat("}", 100) + `}`,
+	`{}`,
+	`[]`,
+	``,
+}
+
+// TestDecodeWellFormedMatchesGeneral checks that the fast path decodes what it
+// accepts exactly as the general path does, that it accepts the usual
+// messages, and that Decode gives the same result either way.
+func TestDecodeWellFormedMatchesGeneral(t *testing.T) {
+	accepted := 0
+	for _, body := range wellFormedSeeds {
+		for _, mt := range []string{"", "fanout", "Broadcast", "x"} {
+			if checkWellFormed(t, body, mt) {
+				accepted++
+			}
+		}
+	}
+	if accepted < 20 {
+		t.Fatalf("the fast path accepted only %d of the seeds", accepted)
+	}
+	raw := Raw{SourceID: "s", Body: []byte(wellFormedSeeds[0])}
+	if _, ok := decodeWellFormed(raw, raw.Body); !ok {
+		t.Fatal("the fast path refused the usual message")
+	}
+}
+
+func FuzzDecodeWellFormed(f *testing.F) {
+	for _, body := range wellFormedSeeds {
+		f.Add(body, "")
+	}
+	f.Add(wellFormedSeeds[2], "fanout")
+	f.Fuzz(func(t *testing.T, body, mt string) {
+		checkWellFormed(t, body, mt)
+	})
+}
+
+// checkWellFormed decodes body with both paths and reports whether the fast
+// path accepted it.
+func checkWellFormed(t *testing.T, body, mt string) bool {
+	t.Helper()
+	raw := Raw{
+		ProjectID: "p", SourceID: "s", Broker: "kafka", MessageID: "t/0/1", Body: []byte(body),
+		Headers:    map[string]string{"X-Convoy-Message-Type": mt, "X-A": "broker", "content-type": "application/json"},
+		ReceivedAt: time.Date(2026, 11, 27, 5, 0, 0, 0, time.UTC),
+	}
+	fast, ok := decodeWellFormed(raw, raw.Body)
+	general, err := decodeGeneral(raw, raw.Body)
+	if !ok {
+		return false
+	}
+	if err != nil {
+		t.Fatalf("body %q: the fast path accepted what the general path refuses: %v", body, err)
+	}
+	if diff := cmp.Diff(general, fast); diff != "" {
+		t.Fatalf("body %q (-general +fast):\n%s", body, diff)
+	}
+	return true
+}
