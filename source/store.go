@@ -122,6 +122,27 @@ func (s *Store) ByID(ctx context.Context, id string) (Source, error) {
 	return src, nil
 }
 
+// Stored returns source id's JSON exactly as kept in Redis, whatever its
+// project and also when soft-deleted, or ErrNotFound when there is none.
+// DecodeStored decodes it. Callers that keep decoded sources compare it to
+// tell whether the source changed since (every write changes it: the
+// revision is bumped).
+func (s *Store) Stored(ctx context.Context, id string) (string, error) {
+	b, err := s.rdb.Get(ctx, s.keys.source(id)).Result()
+	if errors.Is(err, redis.Nil) {
+		return "", ErrNotFound
+	}
+	if err != nil {
+		return "", fmt.Errorf("get source %s: %w", id, err)
+	}
+	return b, nil
+}
+
+// DecodeStored decodes a source as Stored returns it.
+func DecodeStored(b string) (Source, error) {
+	return decodeStored([]byte(b))
+}
+
 // ByMaskID returns the live source with that mask id, or ErrNotFound.
 func (s *Store) ByMaskID(ctx context.Context, maskID string) (Source, error) {
 	id, err := s.rdb.Get(ctx, s.keys.mask(maskID)).Result()

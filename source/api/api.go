@@ -18,6 +18,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"sync"
 
 	"github.com/go-chi/chi/v5"
 
@@ -58,9 +59,10 @@ type Options struct {
 }
 
 type server struct {
-	o    Options
-	keys []hashedKey
-	log  *slog.Logger
+	o     Options
+	keys  []hashedKey
+	log   *slog.Logger
+	cache renderCache
 }
 
 type hashedKey struct {
@@ -73,7 +75,7 @@ func New(o Options) http.Handler {
 	o.PublicURL = strings.TrimRight(cmp.Or(o.PublicURL, "http://localhost:8080"), "/")
 	o.MaxWorkers = cmp.Or(o.MaxWorkers, source.DefaultMaxWorkers)
 	o.MaxBodyBytes = cmp.Or(o.MaxBodyBytes, 1<<20)
-	s := &server{o: o, log: cmp.Or(o.Logger, slog.New(slog.DiscardHandler))}
+	s := &server{o: o, log: cmp.Or(o.Logger, slog.New(slog.DiscardHandler)), cache: renderCache{max: 1024}}
 	for _, k := range o.Keys {
 		s.keys = append(s.keys, hashedKey{sha256.Sum256([]byte(k.Secret)), k.ProjectID})
 	}
@@ -121,9 +123,14 @@ func WriteJSON(w http.ResponseWriter, code int, msg string, data any) {
 	if err != nil {
 		code, b = http.StatusInternalServerError, []byte(`{"message":"encode response","status":false}`)
 	}
+	writeBody(w, code, append(b, '\n'))
+}
+
+// writeBody writes an encoded JSON response.
+func writeBody(w http.ResponseWriter, code int, body []byte) {
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(code)
-	w.Write(append(b, '\n'))
+	w.Write(body)
 }
 
 // WriteError writes the error envelope {"message","status":false} with code.
@@ -137,9 +144,48 @@ func WriteError(w http.ResponseWriter, code int, msg string) {
 type ctxKey struct{}
 
 // SourceFrom returns the source loaded for a SourceRoutes handler (its url
-// filled in). It panics outside such a handler.
+// filled in). It panics outside such a handler. What its pointers and
+// slices reach is shared with other requests: read it, never modify it.
 func SourceFrom(ctx context.Context) source.Source {
-	return ctx.Value(ctxKey{}).(source.Source)
+	return ctx.Value(ctxKey{}).(*loaded).src
+}
+
+// loaded is one stored version of a source, decoded and rendered once.
+type loaded struct {
+	stored string        // the JSON as kept in Redis
+	src    source.Source // decoded, url filled in; shared, never modified
+	body   []byte        // the complete GET response, envelope and newline included
+}
+
+// renderCache keeps the last rendering of recently read sources by uid.
+// Every request still reads the source from Redis; the earlier decoding and
+// rendering is reused only when the stored JSON is byte for byte the same,
+// so a write by any process is seen by the next read.
+type renderCache struct {
+	mu  sync.RWMutex
+	m   map[string]*loaded
+	max int // entries kept; beyond, an arbitrary one makes room
+}
+
+func (c *renderCache) get(id string) *loaded {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	return c.m[id]
+}
+
+func (c *renderCache) put(id string, l *loaded) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.m == nil {
+		c.m = make(map[string]*loaded)
+	}
+	if _, ok := c.m[id]; !ok && len(c.m) >= c.max {
+		for k := range c.m {
+			delete(c.m, k)
+			break
+		}
+	}
+	c.m[id] = l
 }
 
 func (s *server) recoverer(next http.Handler) http.Handler {
@@ -205,13 +251,43 @@ func (s *server) authorize(next http.Handler) http.Handler {
 
 func (s *server) loadSource(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		src, err := s.o.Store.Get(r.Context(), chi.URLParam(r, "projectID"), chi.URLParam(r, "sourceID"))
+		l, err := s.load(r.Context(), chi.URLParam(r, "projectID"), chi.URLParam(r, "sourceID"))
 		if err != nil {
 			s.fail(w, r, err)
 			return
 		}
-		next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), ctxKey{}, s.render(src))))
+		next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), ctxKey{}, l)))
 	})
+}
+
+// load reads projectID's live source id from the store, decoding and
+// rendering it only when its stored JSON differs from the cached one.
+func (s *server) load(ctx context.Context, projectID, id string) (*loaded, error) {
+	stored, err := s.o.Store.Stored(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	l := s.cache.get(id)
+	if l == nil || l.stored != stored {
+		src, err := source.DecodeStored(stored)
+		if err != nil {
+			return nil, fmt.Errorf("get source %s: %w", id, err)
+		}
+		if src.DeletedAt != nil {
+			return nil, source.ErrNotFound
+		}
+		src = s.render(src)
+		body, err := json.Marshal(envelope{Message: "Source fetched successfully", Status: true, Data: src})
+		if err != nil {
+			return nil, fmt.Errorf("encode source %s: %w", id, err)
+		}
+		l = &loaded{stored: stored, src: src, body: append(body, '\n')}
+		s.cache.put(id, l)
+	}
+	if l.src.ProjectID != projectID {
+		return nil, source.ErrNotFound
+	}
+	return l, nil
 }
 
 func (s *server) render(src source.Source) source.Source {
@@ -277,7 +353,7 @@ func (s *server) create(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *server) get(w http.ResponseWriter, r *http.Request) {
-	WriteJSON(w, http.StatusOK, "Source fetched successfully", SourceFrom(r.Context()))
+	writeBody(w, http.StatusOK, r.Context().Value(ctxKey{}).(*loaded).body)
 }
 
 func (s *server) update(w http.ResponseWriter, r *http.Request) {
