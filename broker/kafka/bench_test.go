@@ -13,8 +13,10 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/sluice-io/sluice/broker"
+	"github.com/sluice-io/sluice/broker/brokertest"
 	"github.com/sluice-io/sluice/broker/kafka"
 	"github.com/sluice-io/sluice/dispatch"
+	"github.com/sluice-io/sluice/dispatch/dispatchtest"
 )
 
 // BenchmarkIngest measures, in one run on one kfake topic of 6 partitions
@@ -70,8 +72,8 @@ func benchIngest(b *testing.B, pad int) {
 		}
 	}
 	// A private Redis: the shared one carries everyone's tests.
-	pr := startRedis(b, "")
-	rdb := redis.NewClient(&redis.Options{Addr: pr.addr()})
+	pr := dispatchtest.StartRedis(b, "--appendonly", "no")
+	rdb := redis.NewClient(&redis.Options{Addr: pr.Addr()})
 	b.Cleanup(func() { _ = rdb.Close() })
 	prefix := "bench"
 
@@ -168,11 +170,11 @@ func benchRawEnqueue(b *testing.B, rdb *redis.Client, prefix, topic string, recs
 // then checks that every offset gets committed.
 func benchConsumer(b *testing.B, e *kenv, rdb *redis.Client, prefix, topic string, n, inflight int) time.Duration {
 	b.Helper()
-	h := &queueHandler{sourceID: "src"}
+	var h *dispatchtest.Handler
 	if rdb != nil {
-		h.q = dispatch.New(rdb, dispatch.Options{Prefix: prefix})
+		h = dispatchtest.NewHandler(dispatch.New(rdb, dispatch.Options{Prefix: prefix}), "kafka", "src")
 	}
-	wrapped := &countingHandler{queueHandler: h, want: int64(n), done: make(chan struct{})}
+	wrapped := &countingHandler{inner: h, want: int64(n), done: make(chan struct{})}
 	group := unique("bench")
 	cfg := config(e, topic, group)
 	cfg.Batch = broker.Batch{}
@@ -181,14 +183,12 @@ func benchConsumer(b *testing.B, e *kenv, rdb *redis.Client, prefix, topic strin
 	if err != nil {
 		b.Fatal(err)
 	}
-	stop := run(b, c, wrapped)
+	stop := brokertest.Start(b, c, wrapped)
 	<-wrapped.done
 	waitUnacked(b, e, group, topic, 30*time.Second)
-	if err := stop(); err != nil {
-		b.Fatal(err)
-	}
-	if got := h.duplicates.Load(); got != 0 {
-		b.Fatalf("%d duplicates in a clean run", got)
+	stop()
+	if h != nil && h.Duplicates.Load() != 0 {
+		b.Fatalf("%d duplicates in a clean run", h.Duplicates.Load())
 	}
 	wrapped.mu.Lock()
 	defer wrapped.mu.Unlock()
@@ -196,9 +196,9 @@ func benchConsumer(b *testing.B, e *kenv, rdb *redis.Client, prefix, topic strin
 }
 
 // countingHandler times a worker's Handle calls from the first to the one
-// that completes want written messages.
+// that completes want written messages; with a nil inner it writes nothing.
 type countingHandler struct {
-	*queueHandler
+	inner      *dispatchtest.Handler
 	want       int64
 	mu         sync.Mutex
 	written    int64
@@ -214,10 +214,10 @@ func (c *countingHandler) Handle(ctx context.Context, batch []broker.Message) ([
 	c.mu.Unlock()
 	var res []broker.Result
 	var err error
-	if c.q == nil {
+	if c.inner == nil {
 		res = make([]broker.Result, len(batch)) // no-op: the consumer alone
 	} else {
-		res, err = c.queueHandler.Handle(ctx, batch)
+		res, err = c.inner.Handle(ctx, batch)
 	}
 	if err != nil {
 		return res, err
@@ -230,3 +230,6 @@ func (c *countingHandler) Handle(ctx context.Context, batch []broker.Message) ([
 	}
 	return res, err
 }
+
+func (c *countingHandler) Failing(error) {}
+func (c *countingHandler) Healthy()      {}

@@ -2,7 +2,6 @@ package kafka_test
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"strconv"
 	"strings"
@@ -15,7 +14,9 @@ import (
 	"github.com/twmb/franz-go/pkg/sasl/plain"
 
 	"github.com/sluice-io/sluice/broker"
+	"github.com/sluice-io/sluice/broker/brokertest"
 	"github.com/sluice-io/sluice/broker/kafka"
+	"github.com/sluice-io/sluice/dispatch/dispatchtest"
 )
 
 // collector is a Handler that keeps what it is handed and its health reports.
@@ -55,34 +56,6 @@ func (c *collector) count() int {
 	return len(c.msgs)
 }
 
-// run starts c.Run in the background; the returned stop cancels it and
-// returns Run's result.
-func run(t testing.TB, c broker.Consumer, h broker.Handler) (stop func() error) {
-	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- c.Run(ctx, h) }()
-	var once sync.Once
-	var err error
-	stop = func() error {
-		once.Do(func() {
-			cancel()
-			select {
-			case err = <-done:
-			case <-time.After(30 * time.Second):
-				err = errors.New("Run did not return within 30s of cancel")
-			}
-		})
-		return err
-	}
-	t.Cleanup(func() {
-		if err := stop(); err != nil {
-			t.Error(err)
-		}
-	})
-	return stop
-}
-
 func TestMessageShape(t *testing.T) {
 	t.Parallel()
 	e := newKafka(t, nil)
@@ -99,11 +72,9 @@ func TestMessageShape(t *testing.T) {
 		t.Fatal(err)
 	}
 	h := newCollector()
-	stop := run(t, c, h)
+	stop := brokertest.Start(t, c, h)
 	eventually(t, 20*time.Second, "2 messages", func() (bool, string) { return h.count() == 2, fmt.Sprint(h.count()) })
-	if err := stop(); err != nil {
-		t.Fatal(err)
-	}
+	stop()
 	first := h.msgs[topic+"/0/0"]
 	if string(first.Body) != `{"a":1}` || first.Headers["x-kafka-key"] != "order-7" || first.Headers["X-Convoy-Message-Type"] != "broadcast" || first.PublishedAt.IsZero() {
 		t.Errorf("message 0 = %+v", first)
@@ -147,11 +118,9 @@ func TestSASL(t *testing.T) {
 				t.Fatal(err)
 			}
 			h := newCollector()
-			stop := run(t, c, h)
+			stop := brokertest.Start(t, c, h)
 			eventually(t, 20*time.Second, "50 messages", func() (bool, string) { return h.count() == 50, fmt.Sprint(h.count()) })
-			if err := stop(); err != nil {
-				t.Fatal(err)
-			}
+			stop()
 		})
 		t.Run(tc.name+"/wrong-password", func(t *testing.T) {
 			t.Parallel()
@@ -191,7 +160,7 @@ func TestStartErrors(t *testing.T) {
 	}
 
 	cfg := config(e, "t", unique("g"))
-	cfg.Brokers = []string{"127.0.0.1:" + strconv.Itoa(freePort(t))}
+	cfg.Brokers = []string{"127.0.0.1:" + strconv.Itoa(dispatchtest.FreePort(t))}
 	c, err = kafka.New(cfg, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -265,7 +234,7 @@ func TestIdleWorkers(t *testing.T) {
 			t.Fatal(err)
 		}
 		cs[i] = c
-		run(t, c, newCollector())
+		brokertest.Start(t, c, newCollector())
 	}
 	eventually(t, 20*time.Second, "a stable assignment of 2 partitions to 3 workers", func() (bool, string) {
 		var assigned, idle int
@@ -313,7 +282,7 @@ func TestLag(t *testing.T) {
 		t.Fatal(err)
 	}
 	h := &blockingHandler{collector: newCollector(), release: make(chan struct{})}
-	run(t, c, h)
+	brokertest.Start(t, c, h)
 	eventually(t, 20*time.Second, "lag 90 over 3 partitions", func() (bool, string) {
 		parts, ok := c.Partitions()
 		lag, _ := c.Lag()

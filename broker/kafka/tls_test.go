@@ -18,6 +18,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kgo"
 
+	"github.com/sluice-io/sluice/broker/brokertest"
 	"github.com/sluice-io/sluice/broker/kafka"
 )
 
@@ -68,11 +69,9 @@ func TestTLS(t *testing.T) {
 		t.Fatal(err)
 	}
 	h := newCollector()
-	stop := run(t, c, h)
+	stop := brokertest.Start(t, c, h)
 	eventually(t, 20*time.Second, "20 messages over TLS", func() (bool, string) { return h.count() == 20, fmt.Sprint(h.count()) })
-	if err := stop(); err != nil {
-		t.Fatal(err)
-	}
+	stop()
 
 	cfg.Auth.CACert = ""
 	c, err = kafka.New(cfg, nil)
