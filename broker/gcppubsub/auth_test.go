@@ -32,6 +32,8 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/sluice-io/sluice/broker"
+	"github.com/sluice-io/sluice/broker/brokertest"
+	"github.com/sluice-io/sluice/dispatch/dispatchtest"
 )
 
 const testClientEmail = "sluice-test@sluice-test.iam.gserviceaccount.com"
@@ -250,13 +252,11 @@ func TestServiceAccountKeyAuthenticates(t *testing.T) {
 		f.publish(event(i), nil)
 	}
 	h := newRecordingHandler()
-	stop := start(t, c, h)
-	waitFor(t, 30*time.Second, "every message to be handled and acked", func() bool {
+	stop := brokertest.Start(t, c, h)
+	dispatchtest.WaitFor(t, 30*time.Second, "every message to be handled and acked", func() bool {
 		return h.count() == n && f.unacked() == 0
 	})
-	if err := stop(); err != nil {
-		t.Fatalf("Run = %v", err)
-	}
+	stop()
 	gate.mu.Lock()
 	defer gate.mu.Unlock()
 	if len(gate.errs) > 0 || gate.verified == 0 {
@@ -327,13 +327,11 @@ func TestEmulatorHostNeedsNoCredentials(t *testing.T) {
 		f.publish(event(i), map[string]string{"k": "v"})
 	}
 	h := newRecordingHandler()
-	stop := start(t, c, h)
-	waitFor(t, 30*time.Second, "every message to be handled and acked", func() bool {
+	stop := brokertest.Start(t, c, h)
+	dispatchtest.WaitFor(t, 30*time.Second, "every message to be handled and acked", func() bool {
 		return h.count() == n && f.unacked() == 0
 	})
-	if err := stop(); err != nil {
-		t.Fatalf("Run = %v", err)
-	}
+	stop()
 
 	// The same key without the emulator is refused by the auth layer.
 	t.Setenv(emulatorEnv, "")

@@ -9,13 +9,13 @@ import (
 	"time"
 
 	"cloud.google.com/go/pubsub/v2"
-	"github.com/redis/go-redis/v9"
 	"google.golang.org/api/option"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/sluice-io/sluice/broker"
 	"github.com/sluice-io/sluice/dispatch"
+	"github.com/sluice-io/sluice/dispatch/dispatchtest"
 )
 
 // BenchmarkThroughput compares, at equal stream counts and on pstest, the
@@ -110,14 +110,11 @@ func consume(b *testing.B, streams, n int, toQueue bool) time.Duration {
 	for i := range n {
 		f.publish(event(i), map[string]string{"x-test-seq": fmt.Sprint(i)})
 	}
-	rdb := redis.NewClient(&redis.Options{Addr: sharedRedisAddr()})
-	prefix := testPrefix(b)
-	defer func() { deleteKeys(b, rdb, prefix); _ = rdb.Close() }()
-	h := &countingHandler{
-		queueHandler: queueHandler{q: dispatch.New(rdb, dispatch.Options{Prefix: prefix}), sourceID: "src-bench"},
-		target:       int64(n),
-		done:         make(chan struct{}),
-		noop:         !toQueue,
+	h := &countingHandler{target: int64(n), done: make(chan struct{})}
+	if toQueue {
+		prefix := dispatchtest.Prefix(b)
+		q := dispatch.New(dispatchtest.Redis(b, prefix), dispatch.Options{Prefix: prefix})
+		h.inner = dispatchtest.NewHandler(q, "google", "src-bench")
 	}
 	c, err := New(f.config(streams), testLogger(b))
 	if err != nil {
@@ -146,14 +143,14 @@ func consume(b *testing.B, streams, n int, toQueue bool) time.Duration {
 	return elapsed
 }
 
-// countingHandler closes done once target messages are settled; with noop
-// it writes nothing.
+// countingHandler closes done once target messages are settled; with a nil
+// inner it writes nothing.
 type countingHandler struct {
-	queueHandler
-	target int64
-	noop   bool
-	once   sync.Once
-	done   chan struct{}
+	inner   *dispatchtest.Handler
+	target  int64
+	settled atomic.Int64
+	once    sync.Once
+	done    chan struct{}
 }
 
 func (h *countingHandler) Handle(ctx context.Context, batch []broker.Message) ([]broker.Result, error) {
@@ -161,14 +158,16 @@ func (h *countingHandler) Handle(ctx context.Context, batch []broker.Message) ([
 		res []broker.Result
 		err error
 	)
-	if h.noop {
+	if h.inner == nil {
 		res = make([]broker.Result, len(batch))
-		h.settled.Add(int64(len(batch)))
 	} else {
-		res, err = h.queueHandler.Handle(ctx, batch)
+		res, err = h.inner.Handle(ctx, batch)
 	}
-	if err == nil && h.settled.Load() >= h.target {
+	if err == nil && h.settled.Add(int64(len(batch))) >= h.target {
 		h.once.Do(func() { close(h.done) })
 	}
 	return res, err
 }
+
+func (h *countingHandler) Failing(error) {}
+func (h *countingHandler) Healthy()      {}

@@ -11,6 +11,8 @@ import (
 	"github.com/google/go-cmp/cmp"
 
 	"github.com/sluice-io/sluice/broker"
+	"github.com/sluice-io/sluice/broker/brokertest"
+	"github.com/sluice-io/sluice/dispatch/dispatchtest"
 )
 
 func TestValidate(t *testing.T) {
@@ -77,11 +79,9 @@ func TestMessageHeaders(t *testing.T) {
 		t.Fatal(err)
 	}
 	h := newRecordingHandler()
-	stop := start(t, c, h)
-	waitFor(t, 30*time.Second, "both messages", func() bool { return h.count() == 2 && f.unacked() == 0 })
-	if err := stop(); err != nil {
-		t.Fatalf("Run = %v", err)
-	}
+	stop := brokertest.Start(t, c, h)
+	dispatchtest.WaitFor(t, 30*time.Second, "both messages", func() bool { return h.count() == 2 && f.unacked() == 0 })
+	stop()
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	got := h.seen[id]
@@ -118,11 +118,9 @@ func TestFlowControlBoundsMessagesInHand(t *testing.T) {
 		t.Fatal(err)
 	}
 	h := newRecordingHandler()
-	stop := start(t, c, h)
-	waitFor(t, 30*time.Second, "every message", func() bool { return h.count() == n && f.unacked() == 0 })
-	if err := stop(); err != nil {
-		t.Fatalf("Run = %v", err)
-	}
+	stop := brokertest.Start(t, c, h)
+	dispatchtest.WaitFor(t, 30*time.Second, "every message", func() bool { return h.count() == n && f.unacked() == 0 })
+	stop()
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if h.largest > limit || h.largest < 2 {
@@ -169,11 +167,9 @@ func TestHealthFollowsHandler(t *testing.T) {
 		t.Fatal(err)
 	}
 	h := &flakyHandler{recordingHandler: newRecordingHandler(), failures: 2}
-	stop := start(t, c, h)
-	waitFor(t, 30*time.Second, "every message", func() bool { return h.count() == n && f.unacked() == 0 })
-	if err := stop(); err != nil {
-		t.Fatalf("Run = %v", err)
-	}
+	stop := brokertest.Start(t, c, h)
+	dispatchtest.WaitFor(t, 30*time.Second, "every message", func() bool { return h.count() == n && f.unacked() == 0 })
+	stop()
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if len(h.failing) != 2 || !strings.Contains(h.failing[0].Error(), "dispatch queue unavailable") {
@@ -208,9 +204,7 @@ func TestHandlerPanicFailsRun(t *testing.T) {
 
 	// Nothing was lost: the next worker gets every message.
 	h := newRecordingHandler()
-	stop := start(t, c, h)
-	waitFor(t, 30*time.Second, "every message", func() bool { return h.count() == n && f.unacked() == 0 })
-	if err := stop(); err != nil {
-		t.Fatalf("Run = %v", err)
-	}
+	stop := brokertest.Start(t, c, h)
+	dispatchtest.WaitFor(t, 30*time.Second, "every message", func() bool { return h.count() == n && f.unacked() == 0 })
+	stop()
 }

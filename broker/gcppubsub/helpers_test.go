@@ -2,21 +2,13 @@ package gcppubsub
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
-	"fmt"
 	"log/slog"
 	"os"
-	"regexp"
-	"sync"
 	"testing"
-	"time"
 
 	"cloud.google.com/go/pubsub/v2/apiv1/pubsubpb"
 	"cloud.google.com/go/pubsub/v2/pstest"
 	"go.uber.org/goleak"
-
-	"github.com/sluice-io/sluice/broker"
 )
 
 func TestMain(m *testing.M) {
@@ -95,51 +87,4 @@ func testLogger(tb testing.TB) *slog.Logger {
 		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug})).With("test", tb.Name())
 	}
 	return slog.New(slog.DiscardHandler)
-}
-
-var unsafeChars = regexp.MustCompile(`[^A-Za-z0-9_]+`)
-
-// testPrefix is a Redis key prefix no other test or engineer uses.
-func testPrefix(tb testing.TB) string {
-	var b [4]byte
-	_, _ = rand.Read(b[:])
-	return "test:gcppubsub:" + unsafeChars.ReplaceAllString(tb.Name(), "_") + ":" + hex.EncodeToString(b[:])
-}
-
-// waitFor polls cond until it holds or timeout passes.
-func waitFor(tb testing.TB, timeout time.Duration, what string, cond func() bool) {
-	tb.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			tb.Fatalf("timed out after %s waiting for %s", timeout, what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
-// start runs c with h until the returned stop is called; stop returns
-// Run's result. Run must return within a minute of stop.
-func start(tb testing.TB, c *Consumer, h broker.Handler) (stop func() error) {
-	tb.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- c.Run(ctx, h) }()
-	var (
-		once sync.Once
-		err  error
-	)
-	stop = func() error {
-		once.Do(func() {
-			cancel()
-			select {
-			case err = <-done:
-			case <-time.After(time.Minute):
-				err = fmt.Errorf("Run did not return within a minute of stop")
-			}
-		})
-		return err
-	}
-	tb.Cleanup(func() { _ = stop() })
-	return stop
 }

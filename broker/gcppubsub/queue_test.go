@@ -4,71 +4,17 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"net"
-	"os"
-	"os/exec"
 	"strconv"
-	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/redis/go-redis/v9"
 
 	"github.com/sluice-io/sluice/broker"
+	"github.com/sluice-io/sluice/broker/brokertest"
 	"github.com/sluice-io/sluice/dispatch"
+	"github.com/sluice-io/sluice/dispatch/dispatchtest"
 )
-
-// queueHandler is test glue standing where the supervisor's handler does:
-// it decodes each message and writes it to a real dispatch.Queue, or
-// dead-letters it there when it is malformed.
-type queueHandler struct {
-	q        *dispatch.Queue
-	sourceID string
-
-	failures atomic.Int64 // batches that failed (transient)
-	settled  atomic.Int64 // messages written or dead-lettered
-}
-
-func (h *queueHandler) Handle(ctx context.Context, batch []broker.Message) ([]broker.Result, error) {
-	results := make([]broker.Result, len(batch))
-	events := make([]dispatch.Event, 0, len(batch))
-	index := make([]int, 0, len(batch))
-	for i, m := range batch {
-		raw := dispatch.Raw{
-			ProjectID: "project", SourceID: h.sourceID, Broker: "google",
-			MessageID: m.ID, Body: m.Body, Headers: m.Headers,
-		}
-		ev, err := dispatch.Decode(raw, dispatch.DecodeOptions{})
-		if dispatch.IsPermanent(err) {
-			if err := h.q.DeadLetter(ctx, raw, err.Error()); err != nil {
-				h.failures.Add(1)
-				return nil, err
-			}
-			results[i] = broker.DeadLettered
-			continue
-		}
-		if err != nil {
-			h.failures.Add(1)
-			return nil, err
-		}
-		events = append(events, ev)
-		index = append(index, i)
-	}
-	if len(events) > 0 {
-		if _, err := h.q.Enqueue(ctx, events); err != nil {
-			h.failures.Add(1)
-			return nil, err
-		}
-	}
-	for _, i := range index {
-		results[i] = broker.Written
-	}
-	h.settled.Add(int64(len(batch)))
-	return results, nil
-}
-
-func (h *queueHandler) Failing(error) {}
-func (h *queueHandler) Healthy()      {}
 
 // event is a valid body of Convoy's pub/sub contract carrying seq.
 func event(seq int) []byte {
@@ -97,61 +43,6 @@ func streamSeqs(t *testing.T, rdb *redis.Client, q *dispatch.Queue) map[int]int 
 	return seqs
 }
 
-// privateRedis is a redis-server of the test's own, persisting every write
-// (append-only file, fsync always) so that it can be killed and restarted
-// without losing what it acknowledged.
-type privateRedis struct {
-	t    *testing.T
-	addr string
-	port int
-	dir  string
-	cmd  *exec.Cmd
-	done chan struct{}
-}
-
-func startPrivateRedis(t *testing.T) *privateRedis {
-	t.Helper()
-	if _, err := exec.LookPath("redis-server"); err != nil {
-		t.Skip("redis-server not installed")
-	}
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	port := l.Addr().(*net.TCPAddr).Port
-	_ = l.Close()
-	r := &privateRedis{t: t, port: port, addr: "127.0.0.1:" + strconv.Itoa(port), dir: t.TempDir()}
-	r.start()
-	t.Cleanup(r.kill)
-	return r
-}
-
-func (r *privateRedis) start() {
-	r.t.Helper()
-	r.cmd = exec.Command("redis-server", "--port", strconv.Itoa(r.port), "--bind", "127.0.0.1",
-		"--save", "", "--appendonly", "yes", "--appendfsync", "always", "--dir", r.dir)
-	if err := r.cmd.Start(); err != nil {
-		r.t.Fatalf("start redis-server: %v", err)
-	}
-	r.done = make(chan struct{})
-	go func(cmd *exec.Cmd, done chan struct{}) { _ = cmd.Wait(); close(done) }(r.cmd, r.done)
-	rdb := redis.NewClient(&redis.Options{Addr: r.addr, MaxRetries: -1})
-	defer rdb.Close()
-	waitFor(r.t, 10*time.Second, "private redis to answer", func() bool {
-		return rdb.Ping(context.Background()).Err() == nil
-	})
-}
-
-// kill stops the server with SIGKILL, as a crash would, and waits for it.
-func (r *privateRedis) kill() {
-	if r.cmd == nil || r.cmd.Process == nil {
-		return
-	}
-	_ = r.cmd.Process.Kill()
-	<-r.done
-	r.cmd = nil
-}
-
 func TestRedisOutageLosesNothing(t *testing.T) {
 	t.Parallel()
 	const n = 400
@@ -161,12 +52,12 @@ func TestRedisOutageLosesNothing(t *testing.T) {
 		ids[f.publish(event(i), map[string]string{"x-test-seq": strconv.Itoa(i)})] = true
 	}
 
-	r := startPrivateRedis(t)
-	rdb := redis.NewClient(&redis.Options{Addr: r.addr, MaxRetries: -1,
+	r := dispatchtest.StartRedis(t)
+	rdb := redis.NewClient(&redis.Options{Addr: r.Addr(), MaxRetries: -1,
 		DialTimeout: 200 * time.Millisecond, ReadTimeout: time.Second, WriteTimeout: time.Second})
 	t.Cleanup(func() { _ = rdb.Close() })
-	q := dispatch.New(rdb, dispatch.Options{Prefix: testPrefix(t)})
-	h := &queueHandler{q: q, sourceID: "src-outage"}
+	q := dispatch.New(rdb, dispatch.Options{Prefix: dispatchtest.Prefix(t)})
+	h := dispatchtest.NewHandler(q, "google", "src-outage")
 
 	cfg := f.config(conformanceStreams)
 	cfg.Backoff = broker.Backoff{Min: 20 * time.Millisecond, Max: 200 * time.Millisecond}
@@ -174,18 +65,16 @@ func TestRedisOutageLosesNothing(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	stop := start(t, c, h)
+	stop := brokertest.Start(t, c, h)
 
-	waitFor(t, 30*time.Second, "the first 50 messages to be written", func() bool { return h.settled.Load() >= 50 })
-	r.kill()
-	failed := h.failures.Load()
-	waitFor(t, 30*time.Second, "3 batches to fail while Redis is down", func() bool { return h.failures.Load() >= failed+3 })
-	r.start()
+	dispatchtest.WaitFor(t, 30*time.Second, "the first 50 messages to be written", func() bool { return h.Written.Load()+h.Duplicates.Load()+h.Dead.Load() >= 50 })
+	r.Stop()
+	failed := h.Errors.Load()
+	dispatchtest.WaitFor(t, 30*time.Second, "3 batches to fail while Redis is down", func() bool { return h.Errors.Load() >= failed+3 })
+	r.Start()
 
-	waitFor(t, 60*time.Second, "every message to be acked", func() bool { return f.unacked() == 0 })
-	if err := stop(); err != nil {
-		t.Fatalf("Run = %v", err)
-	}
+	dispatchtest.WaitFor(t, 60*time.Second, "every message to be acked", func() bool { return f.unacked() == 0 })
+	stop()
 
 	seqs := streamSeqs(t, rdb, q)
 	for i := range n {
@@ -215,7 +104,7 @@ func TestRedisOutageLosesNothing(t *testing.T) {
 	if nacks == 0 || redelivered == 0 {
 		t.Errorf("%d nacks and %d redelivered messages, want both > 0", nacks, redelivered)
 	}
-	t.Logf("%d messages, %d failed batches, %d nacks, %d redelivered", n, h.failures.Load(), nacks, redelivered)
+	t.Logf("%d messages, %d failed batches, %d nacks, %d redelivered", n, h.Errors.Load(), nacks, redelivered)
 }
 
 func TestMalformedDeadLetteredOnce(t *testing.T) {
@@ -234,20 +123,17 @@ func TestMalformedDeadLetteredOnce(t *testing.T) {
 		}
 	}
 
-	rdb := redis.NewClient(&redis.Options{Addr: sharedRedisAddr()})
-	prefix := testPrefix(t)
-	t.Cleanup(func() { deleteKeys(t, rdb, prefix); _ = rdb.Close() })
+	prefix := dispatchtest.Prefix(t)
+	rdb := dispatchtest.Redis(t, prefix)
 	q := dispatch.New(rdb, dispatch.Options{Prefix: prefix})
-	h := &queueHandler{q: q, sourceID: "src-malformed"}
+	h := dispatchtest.NewHandler(q, "google", "src-malformed")
 	c, err := New(f.config(4), testLogger(t))
 	if err != nil {
 		t.Fatal(err)
 	}
-	stop := start(t, c, h)
-	waitFor(t, 30*time.Second, "every message to be acked", func() bool { return f.unacked() == 0 })
-	if err := stop(); err != nil {
-		t.Fatalf("Run = %v", err)
-	}
+	stop := brokertest.Start(t, c, h)
+	dispatchtest.WaitFor(t, 30*time.Second, "every message to be acked", func() bool { return f.unacked() == 0 })
+	stop()
 
 	ctx := context.Background()
 	if n, err := rdb.XLen(ctx, q.DeadLetterKey()).Result(); err != nil || n != int64(len(bad)) {
@@ -266,28 +152,6 @@ func TestMalformedDeadLetteredOnce(t *testing.T) {
 		m := f.srv.Message(id)
 		if m.Deliveries != 1 || m.Acks != 1 {
 			t.Errorf("malformed message %s: delivered %d times and acked %d, want 1 and 1", id, m.Deliveries, m.Acks)
-		}
-	}
-}
-
-func sharedRedisAddr() string {
-	if a := os.Getenv("SLUICE_TEST_REDIS_ADDR"); a != "" {
-		return a
-	}
-	return "127.0.0.1:6379"
-}
-
-// deleteKeys removes every key of a queue with this prefix, tagged or not.
-func deleteKeys(tb testing.TB, rdb *redis.Client, prefix string) {
-	ctx := context.Background()
-	for _, pattern := range []string{prefix + "*", "{" + prefix + "*"} {
-		keys, err := rdb.Keys(ctx, pattern).Result()
-		if err != nil {
-			tb.Errorf("list keys %s: %v", pattern, err)
-			continue
-		}
-		if len(keys) > 0 {
-			_ = rdb.Del(ctx, keys...).Err()
 		}
 	}
 }
