@@ -200,29 +200,9 @@ func (q *Queue) Enqueue(ctx context.Context, events []Event) ([]Outcome, error) 
 	if len(events) == 0 {
 		return nil, nil
 	}
-	nf := len(streamFields)
-	keys := make([]string, 1, 1+len(events))
-	keys[0] = q.keys.stream()
-	args := make([]any, 0, 3+nf+len(events)*(1+nf))
-	args = append(args, q.window.Milliseconds(), len(events), nf)
-	for _, f := range streamFields {
-		args = append(args, f)
-	}
-	for i := range events {
-		ev := &events[i]
-		if ev.SourceID == "" {
-			return nil, fmt.Errorf("enqueue: event %d (%s) has no source id", i, ev.ID)
-		}
-		if ev.BrokerMessageID != "" {
-			keys = append(keys, q.keys.seen(ev.SourceID, ev.BrokerMessageID))
-			args = append(args, "1")
-		} else {
-			args = append(args, "0")
-		}
-		var err error
-		if args, err = appendEntryValues(args, ev); err != nil {
-			return nil, fmt.Errorf("enqueue: event %d (%s): %w", i, ev.ID, err)
-		}
+	keys, args, err := q.enqueueArgs(events)
+	if err != nil {
+		return nil, err
 	}
 	res, err := enqueueScript.Run(ctx, q.rdb, keys, args...).Slice()
 	if err != nil {
@@ -243,6 +223,34 @@ func (q *Queue) Enqueue(ctx context.Context, events []Event) ([]Outcome, error) 
 		q.observe(n)
 	}
 	return out, nil
+}
+
+// enqueueArgs are enqueueScript's keys and arguments for events.
+func (q *Queue) enqueueArgs(events []Event) (keys []string, args []any, err error) {
+	nf := len(streamFields)
+	keys = make([]string, 1, 1+len(events))
+	keys[0] = q.keys.stream()
+	args = make([]any, 0, 3+nf+len(events)*(1+nf))
+	args = append(args, q.window.Milliseconds(), len(events), nf)
+	for _, f := range streamFields {
+		args = append(args, f)
+	}
+	for i := range events {
+		ev := &events[i]
+		if ev.SourceID == "" {
+			return nil, nil, fmt.Errorf("enqueue: event %d (%s) has no source id", i, ev.ID)
+		}
+		if ev.BrokerMessageID != "" {
+			keys = append(keys, q.keys.seen(ev.SourceID, ev.BrokerMessageID))
+			args = append(args, "1")
+		} else {
+			args = append(args, "0")
+		}
+		if args, err = appendEntryValues(args, ev); err != nil {
+			return nil, nil, fmt.Errorf("enqueue: event %d (%s): %w", i, ev.ID, err)
+		}
+	}
+	return keys, args, nil
 }
 
 // appendEntryValues appends ev's stream field values in streamFields order.
