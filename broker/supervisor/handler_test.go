@@ -2,8 +2,6 @@ package supervisor
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"log/slog"
 	"testing"
 	"time"
@@ -13,33 +11,9 @@ import (
 
 	"github.com/sluice-io/sluice/broker"
 	"github.com/sluice-io/sluice/dispatch"
+	"github.com/sluice-io/sluice/dispatch/dispatchtest"
 	"github.com/sluice-io/sluice/source"
 )
-
-// testPrefix is a Redis key prefix of this test alone; its keys are removed
-// when the test ends.
-func testPrefix(t *testing.T, rdb redis.UniversalClient) string {
-	var b [6]byte
-	_, _ = rand.Read(b[:])
-	prefix := "test:supervisor:" + hex.EncodeToString(b[:])
-	t.Cleanup(func() {
-		ctx := context.Background()
-		for _, pattern := range []string{prefix + "*", "{" + prefix + "*"} {
-			keys, _ := rdb.Keys(ctx, pattern).Result()
-			if len(keys) > 0 {
-				rdb.Del(ctx, keys...)
-			}
-		}
-	})
-	return prefix
-}
-
-func sharedRedis(t *testing.T) *redis.Client {
-	rdb := redis.NewClient(&redis.Options{Addr: "127.0.0.1:6379"})
-	t.Cleanup(func() { _ = rdb.Close() })
-	require.NoError(t, rdb.Ping(context.Background()).Err(), "the tests need Redis on 127.0.0.1:6379")
-	return rdb
-}
 
 func amqpSource(id string, workers int, dlx string) source.Source {
 	return source.Source{
@@ -67,8 +41,9 @@ const good = `{"endpoint_id":"ep1","event_type":"order.paid","data":{"n":1}}`
 
 func TestHandlerWritesDedupesAndDeadLetters(t *testing.T) {
 	t.Parallel()
-	rdb := sharedRedis(t)
-	q := dispatch.New(rdb, dispatch.Options{Prefix: testPrefix(t, rdb)})
+	prefix := dispatchtest.Prefix(t)
+	rdb := dispatchtest.Redis(t, prefix)
+	q := dispatch.New(rdb, dispatch.Options{Prefix: prefix})
 	h := newTestHandler(amqpSource("src1", 1, ""), q)
 	ctx := context.Background()
 
@@ -107,8 +82,9 @@ func TestHandlerWritesDedupesAndDeadLetters(t *testing.T) {
 
 func TestHandlerRejectsWhenTheBrokerDeadLetters(t *testing.T) {
 	t.Parallel()
-	rdb := sharedRedis(t)
-	q := dispatch.New(rdb, dispatch.Options{Prefix: testPrefix(t, rdb)})
+	prefix := dispatchtest.Prefix(t)
+	rdb := dispatchtest.Redis(t, prefix)
+	q := dispatch.New(rdb, dispatch.Options{Prefix: prefix})
 	h := newTestHandler(amqpSource("src2", 1, "dlx"), q)
 
 	res, err := h.Handle(context.Background(), []broker.Message{msg("m1", `{}`), msg("m2", good)})
@@ -153,8 +129,9 @@ func (p *panicky) Enqueue(ctx context.Context, evs []dispatch.Event) ([]dispatch
 
 func TestHandlerPanicIsAFailureNeverAnAck(t *testing.T) {
 	t.Parallel()
-	rdb := sharedRedis(t)
-	q := &panicky{Queue: dispatch.New(rdb, dispatch.Options{Prefix: testPrefix(t, rdb)})}
+	prefix := dispatchtest.Prefix(t)
+	rdb := dispatchtest.Redis(t, prefix)
+	q := &panicky{Queue: dispatch.New(rdb, dispatch.Options{Prefix: prefix})}
 	h := newTestHandler(amqpSource("src4", 1, ""), q)
 
 	res, err := h.Handle(context.Background(), []broker.Message{msg("m1", good)})

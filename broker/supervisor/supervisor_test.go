@@ -7,8 +7,6 @@ import (
 	"io"
 	"log/slog"
 	"net"
-	"os"
-	"os/exec"
 	"sync"
 	"testing"
 	"time"
@@ -21,6 +19,7 @@ import (
 	"github.com/sluice-io/sluice/broker"
 	"github.com/sluice-io/sluice/broker/amqp"
 	"github.com/sluice-io/sluice/dispatch"
+	"github.com/sluice-io/sluice/dispatch/dispatchtest"
 	"github.com/sluice-io/sluice/source"
 )
 
@@ -133,8 +132,8 @@ func waitStream(t *testing.T, b *bundle, n int64) {
 
 func TestSupervisorFollowsTheStore(t *testing.T) {
 	t.Parallel()
-	rdb := sharedRedis(t)
-	prefix := testPrefix(t, rdb)
+	prefix := dispatchtest.Prefix(t)
+	rdb := dispatchtest.Redis(t, prefix)
 	b := startSupervisor(t, rdb, prefix)
 	ctx := context.Background()
 	queueName := prefix + ".q"
@@ -240,8 +239,8 @@ func (p *tcpProxy) close() {
 
 func TestSupervisorBacksOffWhileTheBrokerIsDown(t *testing.T) {
 	t.Parallel()
-	rdb := sharedRedis(t)
-	prefix := testPrefix(t, rdb)
+	prefix := dispatchtest.Prefix(t)
+	rdb := dispatchtest.Redis(t, prefix)
 	b := startSupervisor(t, rdb, prefix)
 	ctx := context.Background()
 	queueName := prefix + ".q"
@@ -269,15 +268,14 @@ func TestSupervisorBacksOffWhileTheBrokerIsDown(t *testing.T) {
 
 func TestSupervisorKeepsWorkersWhenRedisIsUnreachable(t *testing.T) {
 	t.Parallel()
-	port := freePort(t)
-	srv := startRedis(t, port)
-	rdb := redis.NewClient(&redis.Options{Addr: fmt.Sprintf("127.0.0.1:%d", port), MaxRetries: -1,
+	srv := dispatchtest.StartRedis(t)
+	rdb := redis.NewClient(&redis.Options{Addr: srv.Addr(), MaxRetries: -1,
 		DialTimeout: 200 * time.Millisecond, ReadTimeout: 500 * time.Millisecond})
 	t.Cleanup(func() { _ = rdb.Close() })
 	prefix := "test:supervisor:private"
 	b := startSupervisor(t, rdb, prefix)
 	ctx := context.Background()
-	queueName := fmt.Sprintf("test.supervisor.redis-down.%d", port)
+	queueName := "test.supervisor.redis-down." + srv.Addr()
 	publish := declareQueue(t, queueName)
 
 	src := amqpSource("", 1, "")
@@ -288,7 +286,7 @@ func TestSupervisorKeepsWorkersWhenRedisIsUnreachable(t *testing.T) {
 	publish(10)
 	waitStream(t, b, 10)
 
-	srv.stop()
+	srv.Stop()
 	b.sup.Poke() // a reconcile that cannot read the store
 	publish(10)  // cannot be written now: the worker fails the batch and retries
 	b.waitStatus(t, src.UID, "write failures seen", func(st SourceStatus, err error) bool {
@@ -298,56 +296,7 @@ func TestSupervisorKeepsWorkersWhenRedisIsUnreachable(t *testing.T) {
 	require.NoError(t, err, "the worker must keep running while the store cannot be read")
 	require.Len(t, st.Workers, 1)
 
-	srv.start()
+	srv.Start()
 	waitStream(t, b, 20)
 	b.waitStatus(t, src.UID, "running again", running(1))
-}
-
-// redisServer is a private redis-server the test may stop; its append-only
-// file brings everything back on restart.
-type redisServer struct {
-	t    *testing.T
-	port int
-	dir  string
-	cmd  *exec.Cmd
-	done chan struct{}
-}
-
-func startRedis(t *testing.T, port int) *redisServer {
-	s := &redisServer{t: t, port: port, dir: t.TempDir()}
-	s.start()
-	t.Cleanup(s.stop)
-	return s
-}
-
-func (s *redisServer) start() {
-	s.cmd = exec.Command("redis-server", "--port", fmt.Sprint(s.port), "--bind", "127.0.0.1",
-		"--dir", s.dir, "--save", "", "--appendonly", "yes", "--appendfsync", "always")
-	s.cmd.Stdout, s.cmd.Stderr = io.Discard, os.Stderr
-	require.NoError(s.t, s.cmd.Start())
-	s.done = make(chan struct{})
-	go func(cmd *exec.Cmd, done chan struct{}) { _ = cmd.Wait(); close(done) }(s.cmd, s.done)
-	c := redis.NewClient(&redis.Options{Addr: fmt.Sprintf("127.0.0.1:%d", s.port)})
-	defer c.Close()
-	deadline := time.Now().Add(10 * time.Second)
-	for c.Ping(context.Background()).Err() != nil {
-		require.False(s.t, time.Now().After(deadline), "private redis-server did not start")
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
-func (s *redisServer) stop() {
-	if s.cmd == nil {
-		return
-	}
-	_ = s.cmd.Process.Signal(os.Interrupt)
-	<-s.done
-	s.cmd = nil
-}
-
-func freePort(t *testing.T) int {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
 }

@@ -45,7 +45,8 @@ func RedisAddr() string {
 
 // Redis is a client of the tests' Redis (see RedisAddr). When the test ends
 // it unlinks every key of a dispatch queue or source store under prefix
-// ("prefix:*" and the hash-tagged "{prefix:*") and closes the client.
+// ("prefix:*" and the hash-tagged "{prefix:*" and "{prefix}*") and closes
+// the client.
 func Redis(tb testing.TB, prefix string) *redis.Client {
 	tb.Helper()
 	rdb := redis.NewClient(&redis.Options{Addr: RedisAddr()})
@@ -58,7 +59,7 @@ func Redis(tb testing.TB, prefix string) *redis.Client {
 	tb.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
-		for _, pattern := range []string{prefix + ":*", "{" + prefix + ":*"} {
+		for _, pattern := range []string{prefix + ":*", "{" + prefix + ":*", "{" + prefix + "}*"} {
 			// The shared Redis may hold many keys: scan in large steps.
 			iter := rdb.Scan(ctx, 0, pattern, 100_000).Iterator()
 			var keys []string
