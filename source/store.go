@@ -65,6 +65,13 @@ func New(rdb redis.UniversalClient, prefix string) *Store {
 // Create stores s as a new source of projectID, assigning uid, mask_id,
 // timestamps and revision 1. It does not validate; callers do.
 func (s *Store) Create(ctx context.Context, projectID string, src Source) (Source, error) {
+	src, _, err := s.CreateStored(ctx, projectID, src)
+	return src, err
+}
+
+// CreateStored is Create that also returns the JSON it stored (as Stored
+// would return it), so callers can answer without encoding the source again.
+func (s *Store) CreateStored(ctx context.Context, projectID string, src Source) (Source, string, error) {
 	now := s.now()
 	src.UID = ulid.Make().String()
 	src.ProjectID = projectID
@@ -74,20 +81,20 @@ func (s *Store) Create(ctx context.Context, projectID string, src Source) (Sourc
 		src.MaskID = NewMaskID()
 		b, err := json.Marshal(src)
 		if err != nil {
-			return Source{}, fmt.Errorf("encode source: %w", err)
+			return Source{}, "", fmt.Errorf("encode source: %w", err)
 		}
 		k := s.keys
 		ok, err := createScript.Run(ctx, s.rdb,
 			[]string{k.source(src.UID), k.project(projectID), k.all(), k.mask(src.MaskID)},
 			b, src.UID, k.changes()).Int()
 		if err != nil {
-			return Source{}, fmt.Errorf("create source %s: %w", src.UID, err)
+			return Source{}, "", fmt.Errorf("create source %s: %w", src.UID, err)
 		}
 		if ok == 1 {
-			return src, nil
+			return src, string(b), nil
 		}
 	}
-	return Source{}, fmt.Errorf("create source %s: no free mask id", src.UID)
+	return Source{}, "", fmt.Errorf("create source %s: no free mask id", src.UID)
 }
 
 // Get returns projectID's live source id, or ErrNotFound.

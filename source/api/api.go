@@ -154,6 +154,7 @@ func SourceFrom(ctx context.Context) source.Source {
 type loaded struct {
 	stored string        // the JSON as kept in Redis
 	src    source.Source // decoded, url filled in; shared, never modified
+	data   []byte        // src's JSON (within body)
 	body   []byte        // the complete GET response, envelope and newline included
 }
 
@@ -276,12 +277,9 @@ func (s *server) load(ctx context.Context, projectID, id string) (*loaded, error
 		if src.DeletedAt != nil {
 			return nil, source.ErrNotFound
 		}
-		src = s.render(src)
-		body, err := json.Marshal(envelope{Message: "Source fetched successfully", Status: true, Data: src})
-		if err != nil {
+		if l, err = s.loaded(stored, src); err != nil {
 			return nil, fmt.Errorf("encode source %s: %w", id, err)
 		}
-		l = &loaded{stored: stored, src: src, body: append(body, '\n')}
 		s.cache.put(id, l)
 	}
 	if l.src.ProjectID != projectID {
@@ -293,6 +291,50 @@ func (s *server) load(ctx context.Context, projectID, id string) (*loaded, error
 func (s *server) render(src source.Source) source.Source {
 	src.URL = s.o.PublicURL + "/ingest/" + src.MaskID
 	return src
+}
+
+// loaded renders src, decoded from stored, for GET.
+func (s *server) loaded(stored string, src source.Source) (*loaded, error) {
+	src = s.render(src)
+	data, err := renderStored(stored, src)
+	if err != nil {
+		return nil, err
+	}
+	body := okBody("Source fetched successfully", data)
+	return &loaded{stored: stored, src: src, data: body[len(body)-2-len(data) : len(body)-2], body: body}, nil
+}
+
+// renderStored returns src's JSON, src being rendered (url filled in) from
+// a source whose stored JSON is stored. Instead of encoding src again it
+// puts the url into stored, which holds "url":"" (the store keeps no url:
+// it follows from PublicURL) after only string fields: a `,"` cannot occur
+// inside a JSON string, so the first `,"url":""` is that field. Anything
+// else is encoded afresh.
+func renderStored(stored string, src source.Source) ([]byte, error) {
+	const empty = `,"url":""`
+	i := strings.Index(stored, empty)
+	if i < 0 {
+		return json.Marshal(src)
+	}
+	u, err := json.Marshal(src.URL)
+	if err != nil {
+		return nil, err
+	}
+	b := make([]byte, 0, len(stored)+len(u))
+	b = append(b, stored[:i+len(empty)-2]...)
+	b = append(b, u...)
+	return append(b, stored[i+len(empty):]...), nil
+}
+
+// okBody is WriteJSON's body for status true around data, already encoded.
+func okBody(msg string, data []byte) []byte {
+	m, _ := json.Marshal(msg) // a string always encodes
+	b := make([]byte, 0, len(m)+len(data)+40)
+	b = append(b, `{"message":`...)
+	b = append(b, m...)
+	b = append(b, `,"status":true,"data":`...)
+	b = append(b, data...)
+	return append(b, "}\n"...)
 }
 
 // fail maps err to a response: field errors 400, not found 404, a body
@@ -344,12 +386,18 @@ func (s *server) create(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, err)
 		return
 	}
-	created, err := s.o.Store.Create(r.Context(), chi.URLParam(r, "projectID"), src)
+	created, stored, err := s.o.Store.CreateStored(r.Context(), chi.URLParam(r, "projectID"), src)
 	if err != nil {
 		s.fail(w, r, err)
 		return
 	}
-	WriteJSON(w, http.StatusCreated, "Source created successfully", s.render(created))
+	l, err := s.loaded(stored, created)
+	if err != nil {
+		WriteJSON(w, http.StatusCreated, "Source created successfully", s.render(created))
+		return
+	}
+	s.cache.put(created.UID, l)
+	writeBody(w, http.StatusCreated, okBody("Source created successfully", l.data))
 }
 
 func (s *server) get(w http.ResponseWriter, r *http.Request) {
