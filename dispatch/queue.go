@@ -1,18 +1,19 @@
 package dispatch
 
 import (
-	"bytes"
 	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
+	"unicode/utf8"
 
 	"github.com/redis/go-redis/v9"
 )
@@ -255,10 +256,14 @@ func (q *Queue) enqueueArgs(events []Event) (keys []string, args []any, err erro
 
 // appendEntryValues appends ev's stream field values in streamFields order.
 func appendEntryValues(args []any, ev *Event) ([]any, error) {
-	headers, err := encodeHeaders(ev.Headers)
-	if err != nil {
-		return nil, err
+	// headers and received_at share one allocation.
+	n := len("{}") + len(time.RFC3339Nano)
+	for k, v := range ev.Headers {
+		n += len(k) + len(v) + len(`"":"",`)
 	}
+	buf := appendHeaders(make([]byte, 0, n), ev.Headers)
+	headers := buf[:len(buf):len(buf)]
+	receivedAt := ev.ReceivedAt.UTC().AppendFormat(buf[len(buf):], time.RFC3339Nano)
 	return append(args,
 		strconv.Itoa(cmp.Or(ev.V, Version)),
 		ev.ID,
@@ -273,21 +278,85 @@ func appendEntryValues(args []any, ev *Event) ([]any, error) {
 		ev.IdempotencyKey,
 		ev.Broker,
 		ev.BrokerMessageID,
-		ev.ReceivedAt.UTC().Format(time.RFC3339Nano),
+		receivedAt,
 	), nil
 }
 
-func encodeHeaders(h map[string]string) ([]byte, error) {
-	if len(h) == 0 {
-		return []byte("{}"), nil
+// appendHeaders appends h as a JSON object, exactly as encoding/json with
+// SetEscapeHTML(false) encodes it: keys sorted, only quotes, backslashes and
+// control characters escaped (\b \f \n \r \t short), invalid UTF-8 as
+// \ufffd, U+2028 and U+2029 escaped.
+func appendHeaders(dst []byte, h map[string]string) []byte {
+	var arr [16]string
+	names := arr[:0]
+	for k := range h {
+		names = append(names, k)
 	}
-	var buf bytes.Buffer
-	enc := json.NewEncoder(&buf)
-	enc.SetEscapeHTML(false)
-	if err := enc.Encode(h); err != nil {
-		return nil, fmt.Errorf("encode headers: %w", err)
+	slices.Sort(names)
+	dst = append(dst, '{')
+	for i, k := range names {
+		if i > 0 {
+			dst = append(dst, ',')
+		}
+		dst = appendJSONString(dst, k)
+		dst = append(dst, ':')
+		dst = appendJSONString(dst, h[k])
 	}
-	return bytes.TrimSuffix(buf.Bytes(), []byte("\n")), nil
+	return append(dst, '}')
+}
+
+const hexDigits = "0123456789abcdef"
+
+// appendJSONString appends s quoted as encoding/json does without HTML
+// escaping.
+func appendJSONString(dst []byte, s string) []byte {
+	dst = append(dst, '"')
+	start := 0
+	for i := 0; i < len(s); {
+		c := s[i]
+		if c < utf8.RuneSelf {
+			if c >= 0x20 && c != '"' && c != '\\' {
+				i++
+				continue
+			}
+			dst = append(dst, s[start:i]...)
+			switch c {
+			case '"', '\\':
+				dst = append(dst, '\\', c)
+			case '\b':
+				dst = append(dst, '\\', 'b')
+			case '\f':
+				dst = append(dst, '\\', 'f')
+			case '\n':
+				dst = append(dst, '\\', 'n')
+			case '\r':
+				dst = append(dst, '\\', 'r')
+			case '\t':
+				dst = append(dst, '\\', 't')
+			default:
+				dst = append(dst, '\\', 'u', '0', '0', hexDigits[c>>4], hexDigits[c&0xF])
+			}
+			i++
+			start = i
+			continue
+		}
+		r, size := utf8.DecodeRuneInString(s[i:])
+		switch {
+		case r == utf8.RuneError && size == 1:
+			dst = append(dst, s[start:i]...)
+			dst = append(dst, `\ufffd`...)
+		case r == '\u2028' || r == '\u2029':
+			dst = append(dst, s[start:i]...)
+			dst = append(dst, '\\', 'u', '2', '0', '2', hexDigits[r&0xF])
+		default:
+			i += size
+			continue
+		}
+		i += size
+		start = i
+	}
+	dst = append(dst, s[start:]...)
+	return append(dst, '"')
 }
 
 // ParseEntry turns a dispatch stream entry's fields back into an Event. It

@@ -1,7 +1,9 @@
 package dispatch
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
@@ -441,4 +443,50 @@ func TestEnqueueSurvivesRedisOutage(t *testing.T) {
 			t.Errorf("%s written %d times", id, c)
 		}
 	}
+}
+
+// encodeHeadersJSON is how entries' headers were encoded before
+// appendHeaders: the reference it must match byte for byte.
+func encodeHeadersJSON(t *testing.T, h map[string]string) string {
+	t.Helper()
+	if len(h) == 0 {
+		return "{}"
+	}
+	var buf bytes.Buffer
+	enc := json.NewEncoder(&buf)
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(h); err != nil {
+		t.Fatal(err)
+	}
+	return string(bytes.TrimSuffix(buf.Bytes(), []byte("\n")))
+}
+
+var headerSeeds = []string{
+	"", "x-tenant", "Content-Type", "<a&b>", `q"uote`, `back\slash`, "\b\f\n\r\t\x00\x1f\x7f",
+	"caf\u00e9 \u2603 \U0001F600", "\u2028\u2029", "bad\xffutf8\xc3", "\xed\xa0\x80", "/slash",
+}
+
+func TestAppendHeadersMatchesEncodingJSON(t *testing.T) {
+	h := map[string]string{}
+	for i, s := range headerSeeds {
+		h[s] = headerSeeds[len(headerSeeds)-1-i]
+		h["k"+strconv.Itoa(i)] = s
+	}
+	for _, m := range []map[string]string{nil, {}, {"a": "b"}, h} {
+		if got, want := string(appendHeaders(nil, m)), encodeHeadersJSON(t, m); got != want {
+			t.Errorf("appendHeaders = %s, want %s", got, want)
+		}
+	}
+}
+
+func FuzzAppendHeaders(f *testing.F) {
+	for i, s := range headerSeeds {
+		f.Add(s, headerSeeds[len(headerSeeds)-1-i], "x-"+s)
+	}
+	f.Fuzz(func(t *testing.T, k1, v, k2 string) {
+		m := map[string]string{k1: v, k2: k1 + v, v: k2}
+		if got, want := string(appendHeaders(nil, m)), encodeHeadersJSON(t, m); got != want {
+			t.Fatalf("appendHeaders(%q) = %s, want %s", m, got, want)
+		}
+	})
 }
