@@ -247,15 +247,34 @@ func (q *Queue) enqueueArgs(events []Event) (keys []string, args []any, err erro
 		} else {
 			args = append(args, "0")
 		}
-		if args, err = appendEntryValues(args, ev); err != nil {
-			return nil, nil, fmt.Errorf("enqueue: event %d (%s): %w", i, ev.ID, err)
+		var prev []any
+		if i > 0 {
+			prev = args[len(args)-1-nf : len(args)-1]
 		}
+		args = appendEntry(args, ev, prev)
 	}
 	return keys, args, nil
 }
 
 // appendEntryValues appends ev's stream field values in streamFields order.
 func appendEntryValues(args []any, ev *Event) ([]any, error) {
+	return appendEntry(args, ev, nil), nil
+}
+
+// appendEntry appends ev's stream field values in streamFields order. A
+// string value equal to the one in prev (the values of the event before,
+// when not nil) reuses prev's: events of a batch mostly share their project,
+// source, type and target, and an interface holding a string costs an
+// allocation.
+func appendEntry(args []any, ev *Event, prev []any) []any {
+	str := func(field int, s string) any {
+		if prev != nil {
+			if p, ok := prev[field].(string); ok && p == s {
+				return prev[field]
+			}
+		}
+		return s
+	}
 	// headers and received_at share one allocation.
 	n := len("{}") + len(time.RFC3339Nano)
 	for k, v := range ev.Headers {
@@ -265,21 +284,21 @@ func appendEntryValues(args []any, ev *Event) ([]any, error) {
 	headers := buf[:len(buf):len(buf)]
 	receivedAt := ev.ReceivedAt.UTC().AppendFormat(buf[len(buf):], time.RFC3339Nano)
 	return append(args,
-		strconv.Itoa(cmp.Or(ev.V, Version)),
+		str(0, strconv.Itoa(cmp.Or(ev.V, Version))),
 		ev.ID,
-		ev.ProjectID,
-		ev.SourceID,
-		ev.MessageType,
-		ev.EndpointID,
-		ev.OwnerID,
-		ev.EventType,
+		str(2, ev.ProjectID),
+		str(3, ev.SourceID),
+		str(4, ev.MessageType),
+		str(5, ev.EndpointID),
+		str(6, ev.OwnerID),
+		str(7, ev.EventType),
 		[]byte(ev.Data),
 		headers,
-		ev.IdempotencyKey,
-		ev.Broker,
+		str(10, ev.IdempotencyKey),
+		str(11, ev.Broker),
 		ev.BrokerMessageID,
 		receivedAt,
-	), nil
+	)
 }
 
 // appendHeaders appends h as a JSON object, exactly as encoding/json with

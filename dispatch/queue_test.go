@@ -490,3 +490,45 @@ func FuzzAppendHeaders(f *testing.F) {
 		}
 	})
 }
+
+// TestEnqueueArgsPerEvent checks that a batch's script arguments hold every
+// event's own values, whatever they share with the event before.
+func TestEnqueueArgsPerEvent(t *testing.T) {
+	var evs []Event
+	for i, src := range []string{"s1", "s1", "s2", "s2", "s1"} {
+		ev := testEvent(t, src, fmt.Sprintf("t/0/%d", i), fmt.Sprintf(`{"n":%d}`, i%2))
+		if i%2 == 1 {
+			ev.ProjectID, ev.EventType, ev.IdempotencyKey = "other", "e"+strconv.Itoa(i/3), "k"
+		}
+		if i == 3 {
+			ev.MessageType, ev.EndpointID, ev.OwnerID, ev.BrokerMessageID = TypeFanout, "", "o1", ""
+		}
+		evs = append(evs, ev)
+	}
+	q := New(nil, Options{Prefix: "p"})
+	_, args, err := q.enqueueArgs(evs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	str := func(v any) string {
+		if b, ok := v.([]byte); ok {
+			return string(b)
+		}
+		return fmt.Sprint(v)
+	}
+	nf := len(streamFields)
+	at := 3 + nf
+	for i := range evs {
+		want, _ := appendEntryValues(nil, &evs[i])
+		got := args[at+1 : at+1+nf]
+		for j := range want {
+			if str(got[j]) != str(want[j]) {
+				t.Errorf("event %d field %s = %q, want %q", i, streamFields[j], str(got[j]), str(want[j]))
+			}
+		}
+		at += 1 + nf
+	}
+	if at != len(args) {
+		t.Fatalf("%d arguments, want %d", len(args), at)
+	}
+}
