@@ -307,11 +307,18 @@ func decodeWellFormed(raw Raw, b []byte) (Event, bool) {
 		BrokerMessageID: raw.MessageID,
 		ReceivedAt:      raw.ReceivedAt.UTC(),
 	}
+	// The strings of the event share one allocation.
+	var a stringArena
+	size := len(f.endpointID) + len(f.ownerID) + len(f.eventType) + len(f.idempotencyKey) + 2*len(f.customHeaders)
+	for k := range raw.Headers {
+		size += len(k)
+	}
+	a.sb.Grow(size)
 	var ok [4]bool
-	ev.EndpointID, ok[0] = stringField(f.endpointID)
-	ev.OwnerID, ok[1] = stringField(f.ownerID)
-	ev.EventType, ok[2] = stringField(f.eventType)
-	ev.IdempotencyKey, ok[3] = stringField(f.idempotencyKey)
+	ev.EndpointID, ok[0] = a.stringField(f.endpointID)
+	ev.OwnerID, ok[1] = a.stringField(f.ownerID)
+	ev.EventType, ok[2] = a.stringField(f.eventType)
+	ev.IdempotencyKey, ok[3] = a.stringField(f.idempotencyKey)
 	if ok != [4]bool{true, true, true, true} || strings.TrimSpace(ev.EventType) == "" {
 		return Event{}, false
 	}
@@ -338,14 +345,14 @@ func decodeWellFormed(raw Raw, b []byte) (Event, bool) {
 	if len(f.customHeaders) > 0 && string(f.customHeaders) != "null" {
 		var buf [8]headerPair
 		var ok bool
-		if custom, ok = customHeaders(f.customHeaders, buf[:0]); !ok {
+		if custom, ok = a.customHeaders(f.customHeaders, buf[:0]); !ok {
 			return Event{}, false
 		}
 	}
 	ev.Headers = make(map[string]string, len(custom)+len(raw.Headers)+1)
 	lowered := false
 	for _, p := range custom {
-		lk := strings.ToLower(p.name)
+		lk := a.lower(p.name)
 		lowered = lowered || lk != p.name
 		if _, dup := ev.Headers[lk]; dup && lowered {
 			// Which spelling wins depends on the general path's map order.
@@ -353,7 +360,16 @@ func decodeWellFormed(raw Raw, b []byte) (Event, bool) {
 		}
 		ev.Headers[lk] = p.value
 	}
-	mergeLower(ev.Headers, raw.Headers)
+	for k, v := range raw.Headers {
+		// mergeLower's rule.
+		lk := a.lower(k)
+		if lk != k {
+			if _, exact := raw.Headers[lk]; exact {
+				continue
+			}
+		}
+		ev.Headers[lk] = v
+	}
 	if raw.MessageID != "" {
 		ev.Headers[HeaderBrokerMessageID] = raw.MessageID
 	}
@@ -400,9 +416,47 @@ func (f *wellFormedBody) member(name, value []byte) bool {
 	return true
 }
 
+// stringArena hands out strings that share one allocation, made with
+// sb.Grow, as long as they fit.
+type stringArena struct{ sb strings.Builder }
+
+// str is b as a string.
+func (a *stringArena) str(b []byte) string {
+	if len(b) == 0 {
+		return ""
+	}
+	off := a.sb.Len()
+	a.sb.Write(b)
+	return a.sb.String()[off:]
+}
+
+// lower is strings.ToLower(s), taking ASCII from the arena.
+func (a *stringArena) lower(s string) string {
+	upper := false
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if c >= utf8.RuneSelf {
+			return strings.ToLower(s)
+		}
+		upper = upper || 'A' <= c && c <= 'Z'
+	}
+	if !upper {
+		return s
+	}
+	off := a.sb.Len()
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if 'A' <= c && c <= 'Z' {
+			c += 'a' - 'A'
+		}
+		a.sb.WriteByte(c)
+	}
+	return a.sb.String()[off:]
+}
+
 // stringField is the value of a validated JSON string or null; false for
 // any other JSON type.
-func stringField(v []byte) (string, bool) {
+func (a *stringArena) stringField(v []byte) (string, bool) {
 	if len(v) == 0 || string(v) == "null" {
 		return "", true
 	}
@@ -411,7 +465,7 @@ func stringField(v []byte) (string, bool) {
 	}
 	if bytes.IndexByte(v, '\\') < 0 {
 		// Valid UTF-8 without escapes unquotes to itself.
-		return string(v[1 : len(v)-1]), true
+		return a.str(v[1 : len(v)-1]), true
 	}
 	var s string
 	if json.Unmarshal(v, &s) != nil {
@@ -424,14 +478,14 @@ type headerPair struct{ name, value string }
 
 // customHeaders appends the members of a validated custom_headers object to
 // pairs, in order; false when a value is not a string.
-func customHeaders(obj []byte, pairs []headerPair) ([]headerPair, bool) {
+func (a *stringArena) customHeaders(obj []byte, pairs []headerPair) ([]headerPair, bool) {
 	s := scanner{b: obj}
 	ok := s.object(func(name, value []byte) bool {
 		if value[0] != '"' {
 			return false
 		}
-		n, nok := stringField(name)
-		v, vok := stringField(value)
+		n, nok := a.stringField(name)
+		v, vok := a.stringField(value)
 		pairs = append(pairs, headerPair{n, v})
 		return nok && vok
 	})
