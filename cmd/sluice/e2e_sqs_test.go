@@ -15,6 +15,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -191,25 +192,36 @@ func (e *sqsE2E) publish(from, to, malformedEvery int) (ids map[int]string, malf
 	return ids, malformed
 }
 
+// counts returns how many messages the queue holds visible and in flight.
+func (e *sqsE2E) counts() (visible, inFlight int, err error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	out, err := e.client.GetQueueAttributes(ctx, &awssqs.GetQueueAttributesInput{
+		QueueUrl: aws.String(e.url),
+		AttributeNames: []types.QueueAttributeName{
+			types.QueueAttributeNameApproximateNumberOfMessages,
+			types.QueueAttributeNameApproximateNumberOfMessagesNotVisible,
+		},
+	})
+	if err != nil {
+		return 0, 0, err
+	}
+	visible, _ = strconv.Atoi(out.Attributes[string(types.QueueAttributeNameApproximateNumberOfMessages)])
+	inFlight, _ = strconv.Atoi(out.Attributes[string(types.QueueAttributeNameApproximateNumberOfMessagesNotVisible)])
+	return visible, inFlight, nil
+}
+
 // waitEmpty waits until the queue holds no message, visible or in flight.
 func (e *sqsE2E) waitEmpty(timeout time.Duration) {
 	e.t.Helper()
 	deadline := time.Now().Add(timeout)
 	for {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		out, err := e.client.GetQueueAttributes(ctx, &awssqs.GetQueueAttributesInput{
-			QueueUrl: aws.String(e.url),
-			AttributeNames: []types.QueueAttributeName{
-				types.QueueAttributeNameApproximateNumberOfMessages,
-				types.QueueAttributeNameApproximateNumberOfMessagesNotVisible,
-			},
-		})
-		cancel()
-		if err == nil && out.Attributes["ApproximateNumberOfMessages"] == "0" && out.Attributes["ApproximateNumberOfMessagesNotVisible"] == "0" {
+		v, f, err := e.counts()
+		if err == nil && v == 0 && f == 0 {
 			return
 		}
 		if time.Now().After(deadline) {
-			e.t.Fatalf("queue %s not empty after %s: %v %v", e.queue, timeout, out, err)
+			e.t.Fatalf("queue %s not empty after %s: %d visible, %d in flight (%v)", e.queue, timeout, v, f, err)
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
@@ -336,6 +348,50 @@ func TestE2ESQSKillAndRestart(t *testing.T) {
 		received += s
 	}
 	t.Logf("source %s: %d messages received for %d published (redelivered after the kill: %d)", src.UID, received, n, received-n)
+}
+
+// TestE2ESQSTermDrains stops sluice serve with SIGTERM while it drains a
+// queue: it exits 0 having deleted what it wrote and released what it had
+// not handed over, so the stream and the queue's visible messages together
+// hold every message exactly once, with none left in flight; a restart
+// finishes the queue.
+func TestE2ESQSTermDrains(t *testing.T) {
+	t.Parallel()
+	const n = 16000
+	// A long visibility timeout: only a release makes held messages
+	// visible again before the checks below.
+	e := newSQSE2E(t, true, map[string]string{"VisibilityTimeout": "300"})
+	d := startDaemon(t)
+	e.publish(0, n, 0)
+	d.CreateSource("p1", e.sourceBody(4))
+	d.WaitStream(n/8, time.Minute)
+	select {
+	case <-d.Signal(syscall.SIGTERM):
+	case <-time.After(time.Minute):
+		t.Fatal("sluice did not exit within a minute of SIGTERM")
+	}
+	if code := d.ExitCode(); code != 0 {
+		t.Fatalf("sluice exited with %d after SIGTERM, want 0\n%s", code, d.Logs())
+	}
+	written, err := d.RDB.XLen(context.Background(), d.StreamKey()).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	visible, inFlight, err := e.counts()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if written >= n {
+		t.Fatalf("all %d messages were written before the stop; publish more", written)
+	}
+	t.Logf("drained: %d in the stream, %d visible and %d in flight on the queue", written, visible, inFlight)
+	if inFlight != 0 || int(written)+visible != n {
+		t.Errorf("after the drain the stream holds %d, the queue %d visible and %d in flight; want %d in all and none in flight", written, visible, inFlight, n)
+	}
+	d.Start()
+	d.WaitStream(n, 3*time.Minute)
+	e.waitEmpty(time.Minute)
+	d.RequireExactlyOnce(n)
 }
 
 // TestE2ESQSMissingQueue creates a source for a queue that does not exist:
