@@ -14,6 +14,12 @@ import { buildApp } from "fauxqs";
 const port = Number(process.argv[2] ?? "0");
 const app = buildApp({ logger: false });
 const address = await app.listen({ host: "127.0.0.1", port });
+// Node closes idle keep-alive connections after 5s; a client reusing one just
+// as it closes loses the response (for a receive, its messages stay invisible
+// until their visibility timeout). Keep idle connections longer than the
+// SDK's clients do.
+app.server.keepAliveTimeout = 120_000;
+app.server.headersTimeout = 121_000;
 process.stdout.write(`listening ${address}\n`);
 
 let closing = false;
