@@ -26,6 +26,7 @@ import (
 
 	"github.com/sluice-io/sluice/broker/amqp"
 	"github.com/sluice-io/sluice/broker/supervisor"
+	"github.com/sluice-io/sluice/dispatch/dispatchtest"
 	"github.com/sluice-io/sluice/source"
 )
 
@@ -703,7 +704,7 @@ func TestE2EAMQPRedisStopped(t *testing.T) {
 	}
 	t.Parallel()
 	const n = 16000
-	r := startPrivateRedis(t)
+	r := dispatchtest.StartRedis(t)
 	e := newAMQPE2E(t) // before the daemon: its cleanup runs after the daemon is gone
 	d := startDaemon(t, "SLUICE_REDIS_URL="+r.URL())
 	src := d.CreateSource("p1", e.sourceBody(2))

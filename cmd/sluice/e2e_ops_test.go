@@ -20,6 +20,7 @@ import (
 	"github.com/prometheus/common/model"
 
 	"github.com/sluice-io/sluice/broker/supervisor"
+	"github.com/sluice-io/sluice/dispatch/dispatchtest"
 )
 
 // scrape reads /metrics and sums each metric's samples whose labels include
@@ -223,7 +224,7 @@ func TestE2ELogsHoldNoSecrets(t *testing.T) {
 	kafka := d.CreateSource("p1", map[string]any{
 		"name": "kafka", "type": "pub_sub",
 		"pub_sub": map[string]any{"type": "kafka", "workers": 1, "kafka": map[string]any{
-			"brokers": []string{fmt.Sprintf("127.0.0.1:%d", freePort(t))}, "topic_name": "orders",
+			"brokers": []string{fmt.Sprintf("127.0.0.1:%d", dispatchtest.FreePort(t))}, "topic_name": "orders",
 			"auth": map[string]any{"type": "scram", "hash": "SHA512", "username": "svc", "password": kafkaPassword},
 		}},
 	})
@@ -231,7 +232,7 @@ func TestE2ELogsHoldNoSecrets(t *testing.T) {
 		"name": "sqs", "type": "pub_sub",
 		"pub_sub": map[string]any{"type": "sqs", "workers": 1, "sqs": map[string]any{
 			"access_key_id": "AKIDEXAMPLE", "secret_key": sqsSecret, "default_region": "eu-west-1",
-			"queue_name": "orders", "endpoint": fmt.Sprintf("http://127.0.0.1:%d", freePort(t)),
+			"queue_name": "orders", "endpoint": fmt.Sprintf("http://127.0.0.1:%d", dispatchtest.FreePort(t)),
 		}},
 	})
 

@@ -12,7 +12,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -27,6 +26,7 @@ import (
 
 	"github.com/sluice-io/sluice/broker/supervisor"
 	"github.com/sluice-io/sluice/dispatch"
+	"github.com/sluice-io/sluice/dispatch/dispatchtest"
 	"github.com/sluice-io/sluice/source"
 )
 
@@ -82,7 +82,7 @@ func startDaemon(t testing.TB, extra ...string) *daemon {
 	var b [6]byte
 	_, _ = rand.Read(b[:])
 	id := hex.EncodeToString(b[:])
-	port := freePort(t)
+	port := dispatchtest.FreePort(t)
 	d := &daemon{
 		t:      t,
 		Prefix: "test:e2e:" + id,
@@ -392,74 +392,6 @@ func (d *daemon) RequireExactlyOnce(n int) []dispatch.Event {
 // RequireExactlyOnce counts messages by that seq.
 func messageBody(seq int) []byte {
 	return fmt.Appendf(nil, `{"endpoint_id":"ep-1","event_type":"test.event","data":{"seq":%d}}`, seq)
-}
-
-// privateRedis is a redis-server of one test's own, so the test can stop it
-// without touching the shared one.
-type privateRedis struct {
-	t    testing.TB
-	Port int
-	dir  string
-	cmd  *exec.Cmd
-	done chan struct{}
-}
-
-// startPrivateRedis starts redis-server on a free port; it is stopped when
-// the test ends.
-func startPrivateRedis(t testing.TB) *privateRedis {
-	t.Helper()
-	r := &privateRedis{t: t, Port: freePort(t), dir: t.TempDir()}
-	r.Start()
-	t.Cleanup(r.Stop)
-	return r
-}
-
-// URL is the go-redis URL of the server.
-func (r *privateRedis) URL() string { return fmt.Sprintf("redis://127.0.0.1:%d/0", r.Port) }
-
-// Start starts the server (again, on the same port) and waits until it answers.
-func (r *privateRedis) Start() {
-	r.t.Helper()
-	// An append-only file that is synced on every write lets a stopped
-	// server come back with everything it had acknowledged.
-	r.cmd = exec.Command("redis-server", "--port", fmt.Sprint(r.Port), "--bind", "127.0.0.1",
-		"--dir", r.dir, "--save", "", "--appendonly", "yes", "--appendfsync", "always")
-	if err := r.cmd.Start(); err != nil {
-		r.t.Fatalf("start redis-server: %v", err)
-	}
-	r.done = make(chan struct{})
-	go func(cmd *exec.Cmd, done chan struct{}) { _ = cmd.Wait(); close(done) }(r.cmd, r.done)
-	rdb := redis.NewClient(&redis.Options{Addr: fmt.Sprintf("127.0.0.1:%d", r.Port)})
-	defer rdb.Close()
-	deadline := time.Now().Add(10 * time.Second)
-	for rdb.Ping(context.Background()).Err() != nil {
-		if time.Now().After(deadline) {
-			r.t.Fatal("private redis-server did not answer within 10s")
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
-// Stop shuts the server down (SIGTERM); clients get connection refused
-// until Start brings it back with its data.
-func (r *privateRedis) Stop() {
-	if r.cmd == nil {
-		return
-	}
-	_ = r.cmd.Process.Signal(syscall.SIGTERM)
-	<-r.done
-	r.cmd = nil
-}
-
-// freePort returns a TCP port nothing listens on right now.
-func freePort(t testing.TB) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
 }
 
 // lockedBuffer collects a process's output.
