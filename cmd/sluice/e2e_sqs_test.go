@@ -15,7 +15,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -367,14 +366,7 @@ func TestE2ESQSTermDrains(t *testing.T) {
 	e.publish(0, n, 0)
 	d.CreateSource("p1", e.sourceBody(4))
 	d.WaitStream(n/8, time.Minute)
-	select {
-	case <-d.Signal(syscall.SIGTERM):
-	case <-time.After(time.Minute):
-		t.Fatal("sluice did not exit within a minute of SIGTERM")
-	}
-	if code := d.ExitCode(); code != 0 {
-		t.Fatalf("sluice exited with %d after SIGTERM, want 0\n%s", code, d.Logs())
-	}
+	d.Terminate(time.Minute)
 	written, err := d.RDB.XLen(context.Background(), d.StreamKey()).Result()
 	if err != nil {
 		t.Fatal(err)

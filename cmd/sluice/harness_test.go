@@ -216,6 +216,43 @@ func (d *daemon) Signal(sig os.Signal) <-chan struct{} {
 	return exited
 }
 
+// Terminate sends SIGTERM, requires the process to exit 0 within timeout,
+// and returns how long it took. While it waits it polls /readyz and returns
+// how many times it answered 503 (shutting down).
+func (d *daemon) Terminate(timeout time.Duration) (took time.Duration, notReady int) {
+	d.t.Helper()
+	probeCtx, stopProbe := context.WithCancel(context.Background())
+	probed := make(chan int)
+	go func() {
+		n := 0
+		for probeCtx.Err() == nil {
+			if resp, err := http.Get(d.URL + "/readyz"); err == nil {
+				if resp.StatusCode == http.StatusServiceUnavailable {
+					n++
+				}
+				_ = resp.Body.Close()
+			}
+			time.Sleep(2 * time.Millisecond)
+		}
+		probed <- n
+	}()
+	start := time.Now()
+	select {
+	case <-d.Signal(syscall.SIGTERM):
+	case <-time.After(timeout):
+		stopProbe()
+		<-probed
+		d.t.Fatalf("sluice still running %s after SIGTERM", timeout)
+	}
+	took = time.Since(start)
+	stopProbe()
+	notReady = <-probed
+	if code := d.ExitCode(); code != 0 {
+		d.t.Fatalf("sluice exited with %d after SIGTERM, want 0\n%s", code, d.Logs())
+	}
+	return took, notReady
+}
+
 // ExitCode is the exit code of the last process, -1 while it runs or when a
 // signal ended it.
 func (d *daemon) ExitCode() int {
