@@ -317,31 +317,12 @@ func TestE2EAMQP(t *testing.T) {
 
 	events := d.RequireExactlyOnce(n)
 	for _, ev := range events {
-		var seq int
-		if _, err := fmt.Sscanf(string(ev.Data), `{"seq":%d}`, &seq); err != nil {
-			t.Fatalf("event data %s: %v", ev.Data, err)
-		}
-		id := amqpMessageID(seq)
-		for _, f := range []struct{ field, got, want string }{
-			{"project_id", ev.ProjectID, "p1"},
-			{"source_id", ev.SourceID, src.UID},
-			{"broker", ev.Broker, "amqp"},
-			{"broker_message_id", ev.BrokerMessageID, id},
-			{"message_type", ev.MessageType, "single"},
-			{"endpoint_id", ev.EndpointID, "ep-1"},
-			{"event_type", ev.EventType, "test.event"},
-			{"headers.x-broker-message-id", ev.Headers["x-broker-message-id"], id},
-			{"headers.x-tenant", ev.Headers["x-tenant"], "t-" + strconv.Itoa(seq%7)},
-			{"headers.x-amqp-exchange", ev.Headers["x-amqp-exchange"], e.exchange},
-			{"headers.x-amqp-routing-key", ev.Headers["x-amqp-routing-key"], "orders.created"},
-		} {
-			if f.got != f.want {
-				t.Fatalf("event seq %d: %s = %q, want %q", seq, f.field, f.got, f.want)
-			}
-		}
-		if ev.ID == "" || ev.ReceivedAt.IsZero() {
-			t.Fatalf("event seq %d has no id or received_at: %+v", seq, ev)
-		}
+		seq := eventSeq(t, ev)
+		requireEnvelope(t, ev, src.UID, "amqp", amqpMessageID(seq), map[string]string{
+			"x-tenant":           "t-" + strconv.Itoa(seq%7),
+			"x-amqp-exchange":    e.exchange,
+			"x-amqp-routing-key": "orders.created",
+		})
 	}
 
 	// The dead-letter queue holds exactly the malformed messages.

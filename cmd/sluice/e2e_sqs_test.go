@@ -249,27 +249,11 @@ func TestE2ESQS(t *testing.T) {
 
 	events := d.RequireExactlyOnce(n)
 	for _, ev := range events {
-		var seq int
-		if _, err := fmt.Sscanf(string(ev.Data), `{"seq":%d}`, &seq); err != nil {
-			t.Fatalf("event data %s: %v", ev.Data, err)
-		}
-		id := ids[seq]
-		for _, f := range []struct{ field, got, want string }{
-			{"project_id", ev.ProjectID, "p1"},
-			{"source_id", ev.SourceID, src.UID},
-			{"broker", ev.Broker, "sqs"},
-			{"broker_message_id", ev.BrokerMessageID, id},
-			{"message_type", ev.MessageType, "single"},
-			{"endpoint_id", ev.EndpointID, "ep-1"},
-			{"event_type", ev.EventType, "test.event"},
-			{"headers.x-broker-message-id", ev.Headers["x-broker-message-id"], id},
-			{"headers.x-tenant", ev.Headers["x-tenant"], "t-" + strconv.Itoa(seq%7)},
-			{"headers.x-seq", ev.Headers["x-seq"], strconv.Itoa(seq)},
-		} {
-			if f.got != f.want {
-				t.Fatalf("event seq %d: %s = %q, want %q", seq, f.field, f.got, f.want)
-			}
-		}
+		seq := eventSeq(t, ev)
+		requireEnvelope(t, ev, src.UID, "sqs", ids[seq], map[string]string{
+			"x-tenant": "t-" + strconv.Itoa(seq%7),
+			"x-seq":    strconv.Itoa(seq),
+		})
 		if ev.Headers[sqs.HeaderReceiveCount] == "" || ev.Headers["x-sqs-sent-timestamp"] == "" {
 			t.Fatalf("event seq %d lacks the SQS system attributes: %v", seq, ev.Headers)
 		}

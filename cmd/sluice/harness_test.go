@@ -431,6 +431,43 @@ func messageBody(seq int) []byte {
 	return fmt.Appendf(nil, `{"endpoint_id":"ep-1","event_type":"test.event","data":{"seq":%d}}`, seq)
 }
 
+// eventSeq returns the seq of a test message's data (see messageBody).
+func eventSeq(t testing.TB, ev dispatch.Event) int {
+	t.Helper()
+	var seq int
+	if _, err := fmt.Sscanf(string(ev.Data), `{"seq":%d}`, &seq); err != nil {
+		t.Fatalf("event data %s: %v", ev.Data, err)
+	}
+	return seq
+}
+
+// requireEnvelope checks what every event made from messageBody in project
+// p1 carries, and the headers given (name → value).
+func requireEnvelope(t testing.TB, ev dispatch.Event, sourceID, broker, messageID string, headers map[string]string) {
+	t.Helper()
+	fields := [][3]string{
+		{"project_id", ev.ProjectID, "p1"},
+		{"source_id", ev.SourceID, sourceID},
+		{"broker", ev.Broker, broker},
+		{"broker_message_id", ev.BrokerMessageID, messageID},
+		{"message_type", ev.MessageType, "single"},
+		{"endpoint_id", ev.EndpointID, "ep-1"},
+		{"event_type", ev.EventType, "test.event"},
+		{"headers.x-broker-message-id", ev.Headers["x-broker-message-id"], messageID},
+	}
+	for name, want := range headers {
+		fields = append(fields, [3]string{"headers." + name, ev.Headers[name], want})
+	}
+	for _, f := range fields {
+		if f[1] != f[2] {
+			t.Fatalf("event %s: %s = %q, want %q", ev.Data, f[0], f[1], f[2])
+		}
+	}
+	if ev.ID == "" || ev.ReceivedAt.IsZero() {
+		t.Fatalf("event %s has no id or received_at: %+v", ev.Data, ev)
+	}
+}
+
 // lockedBuffer collects a process's output.
 type lockedBuffer struct {
 	mu  sync.Mutex
