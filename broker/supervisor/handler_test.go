@@ -3,6 +3,7 @@ package supervisor
 import (
 	"context"
 	"log/slog"
+	"strconv"
 	"testing"
 	"time"
 
@@ -143,4 +144,52 @@ func TestHandlerPanicIsAFailureNeverAnAck(t *testing.T) {
 	n, err := rdb.XLen(context.Background(), q.StreamKey()).Result()
 	require.NoError(t, err)
 	require.EqualValues(t, 1, n)
+}
+
+// TestHandlerHoldsBackWhileTheStreamIsFull: above the high-water mark a
+// batch waits, unwritten and unacked, until readers drain the stream below
+// the low-water mark.
+func TestHandlerHoldsBackWhileTheStreamIsFull(t *testing.T) {
+	t.Parallel()
+	prefix := dispatchtest.Prefix(t)
+	rdb := dispatchtest.Redis(t, prefix)
+	q := dispatch.New(rdb, dispatch.Options{Prefix: prefix, HighWater: 5, LowWater: 2, PollInterval: 10 * time.Millisecond})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	ran := make(chan struct{})
+	go func() { defer close(ran); _ = q.Run(ctx) }()
+	defer func() { cancel(); <-ran }()
+	h := newTestHandler(amqpSource("src5", 1, ""), q)
+
+	var fill []broker.Message
+	for i := range 6 {
+		fill = append(fill, msg("fill-"+strconv.Itoa(i), good))
+	}
+	_, err := h.Handle(ctx, fill)
+	require.NoError(t, err)
+	dispatchtest.WaitFor(t, 10*time.Second, "backpressure", q.Backpressured)
+
+	done := make(chan error, 1)
+	go func() { _, err := h.Handle(ctx, []broker.Message{msg("held", good)}); done <- err }()
+	select {
+	case err := <-done:
+		t.Fatalf("Handle returned (%v) while the stream was above the high-water mark", err)
+	case <-time.After(200 * time.Millisecond):
+	}
+	n, err := rdb.XLen(ctx, q.StreamKey()).Result()
+	require.NoError(t, err)
+	require.EqualValues(t, 6, n, "nothing is written while held back")
+
+	// A reader trims what it has consumed: below the low-water mark the
+	// held batch goes through.
+	require.NoError(t, rdb.XTrimMaxLen(ctx, q.StreamKey(), 1).Err())
+	select {
+	case err := <-done:
+		require.NoError(t, err)
+	case <-time.After(10 * time.Second):
+		t.Fatal("Handle still held back after the stream drained")
+	}
+	n, err = rdb.XLen(ctx, q.StreamKey()).Result()
+	require.NoError(t, err)
+	require.EqualValues(t, 2, n)
 }
