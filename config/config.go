@@ -46,6 +46,11 @@ type Config struct {
 	// ShutdownGrace is how long a SIGTERM waits for in-flight work.
 	// SLUICE_SHUTDOWN_GRACE (Go duration), default 30s.
 	ShutdownGrace time.Duration
+	// ShutdownDelay is how long /readyz answers 503 after SIGTERM before
+	// the workers stop fetching, so a load balancer or Kubernetes endpoints
+	// stop routing to the admin API first. It comes on top of the grace.
+	// SLUICE_SHUTDOWN_DELAY (Go duration), default 0s.
+	ShutdownDelay time.Duration
 	// LogLevel is debug, info, warn or error. SLUICE_LOG_LEVEL, default info.
 	LogLevel string
 	// LogFormat is json or text. SLUICE_LOG_FORMAT, default json.
@@ -151,6 +156,7 @@ func Load(getenv func(string) string) (Config, error) {
 		dst  *time.Duration
 	}{
 		{"SLUICE_SHUTDOWN_GRACE", &c.ShutdownGrace},
+		{"SLUICE_SHUTDOWN_DELAY", &c.ShutdownDelay},
 		{"SLUICE_BATCH_WAIT", &c.BatchWait},
 		{"SLUICE_DEDUPE_WINDOW", &c.DedupeWindow},
 		{"SLUICE_RESYNC_INTERVAL", &c.ResyncInterval},
@@ -229,6 +235,9 @@ func (c Config) Validate() error {
 	}
 	if c.ShutdownGrace <= 0 {
 		errs = append(errs, fmt.Errorf("SLUICE_SHUTDOWN_GRACE: must be positive, got %s", c.ShutdownGrace))
+	}
+	if c.ShutdownDelay < 0 || c.ShutdownDelay > 5*time.Minute {
+		errs = append(errs, fmt.Errorf("SLUICE_SHUTDOWN_DELAY: want 0..5m, got %s", c.ShutdownDelay))
 	}
 	switch c.LogLevel {
 	case "debug", "info", "warn", "error":

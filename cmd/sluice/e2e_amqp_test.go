@@ -403,24 +403,24 @@ func TestE2EAMQPKillAndRestart(t *testing.T) {
 }
 
 // TestE2EAMQPTermDrains stops sluice serve with SIGTERM while it drains a
-// 20,000-message queue: /readyz answers 503 while the workers drain, the
-// process exits 0 within the shutdown grace having acked what it wrote, so
-// the stream and the queue together hold every message exactly once; a
-// restart finishes the queue.
+// 20,000-message queue: /readyz answers 503 through the shutdown delay, the
+// process exits 0 within delay + grace having acked what it wrote, so the
+// stream and the queue together hold every message exactly once; a restart
+// finishes the queue.
 func TestE2EAMQPTermDrains(t *testing.T) {
 	t.Parallel()
 	const n = 20000
-	const grace = 15 * time.Second
+	const grace, delay = 15 * time.Second, time.Second
 	e := newAMQPE2E(t) // first: its cleanup runs after the daemon is gone
-	d := startDaemon(t, "SLUICE_SHUTDOWN_GRACE="+grace.String())
+	d := startDaemon(t, "SLUICE_SHUTDOWN_GRACE="+grace.String(), "SLUICE_SHUTDOWN_DELAY="+delay.String())
 	src := d.CreateSource("p1", e.sourceBody(4))
 	waitWorkersRunning(d, "p1", src.UID, 4)
 	published := e.publishPaced(n, 2000)
 	d.WaitStream(n/8, time.Minute)
 	took, notReady := d.Terminate(2 * grace)
 	t.Logf("SIGTERM → exit 0 in %s; /readyz answered 503 %d times meanwhile", took.Round(time.Millisecond), notReady)
-	if took > grace {
-		t.Errorf("exit took %s, longer than the %s grace", took, grace)
+	if took < delay || took > delay+grace {
+		t.Errorf("exit took %s, want between the %s delay and delay + the %s grace", took, delay, grace)
 	}
 	if notReady == 0 {
 		t.Error("/readyz never answered 503 while sluice shut down")

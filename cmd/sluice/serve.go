@@ -178,7 +178,22 @@ func serve(ctx context.Context, e serveEnv) error {
 	var g run.Group
 	supDone := make(chan struct{}) // closed when every worker has stopped
 	{                              // until ctx is done (SIGINT/SIGTERM)
-		g.Add(run.ContextHandler(ctx))
+		interrupted := make(chan struct{})
+		g.Add(func() error {
+			select {
+			case <-ctx.Done():
+			case <-interrupted:
+				return nil
+			}
+			// /readyz fails first; the workers keep going for the delay.
+			draining.Store(true)
+			log.Info("shutting down", "delay", cfg.ShutdownDelay.String(), "grace", cfg.ShutdownGrace.String())
+			select {
+			case <-time.After(cfg.ShutdownDelay):
+			case <-interrupted:
+			}
+			return ctx.Err()
+		}, func(error) { close(interrupted) })
 	}
 	{ // the admin API
 		// run.Group calls interrupts one after another, so this one only
