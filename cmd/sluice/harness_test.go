@@ -88,8 +88,9 @@ func startDaemon(t testing.TB, extra ...string) *daemon {
 		Prefix: "test:e2e:" + id,
 		Key:    "key-" + id,
 		URL:    fmt.Sprintf("http://127.0.0.1:%d", port),
-		RDB:    redis.NewClient(&redis.Options{Addr: "127.0.0.1:6379"}),
-		logs:   &lockedBuffer{},
+		// Generous timeouts: the checks read large streams on a loaded machine.
+		RDB:  redis.NewClient(&redis.Options{Addr: "127.0.0.1:6379", ReadTimeout: 30 * time.Second}),
+		logs: &lockedBuffer{},
 	}
 	d.env = append(os.Environ(),
 		fmt.Sprintf("SLUICE_LISTEN=127.0.0.1:%d", port),
@@ -377,22 +378,27 @@ func (d *daemon) WaitStream(n int64, timeout time.Duration) {
 	}
 }
 
-// Events reads the whole dispatch stream.
+// Events reads the whole dispatch stream, in pages.
 func (d *daemon) Events() []dispatch.Event {
 	d.t.Helper()
-	entries, err := d.RDB.XRange(context.Background(), d.StreamKey(), "-", "+").Result()
-	if err != nil {
-		d.t.Fatalf("read dispatch stream: %v", err)
-	}
-	out := make([]dispatch.Event, 0, len(entries))
-	for _, e := range entries {
-		ev, err := dispatch.ParseEntry(e.Values)
+	var out []dispatch.Event
+	for start := "-"; ; {
+		entries, err := d.RDB.XRangeN(context.Background(), d.StreamKey(), start, "+", 2000).Result()
 		if err != nil {
-			d.t.Fatalf("entry %s: %v", e.ID, err)
+			d.t.Fatalf("read dispatch stream: %v", err)
 		}
-		out = append(out, ev)
+		for _, e := range entries {
+			ev, err := dispatch.ParseEntry(e.Values)
+			if err != nil {
+				d.t.Fatalf("entry %s: %v", e.ID, err)
+			}
+			out = append(out, ev)
+		}
+		if len(entries) < 2000 {
+			return out
+		}
+		start = "(" + entries[len(entries)-1].ID
 	}
-	return out
 }
 
 // RequireExactlyOnce checks that the stream holds exactly the events whose

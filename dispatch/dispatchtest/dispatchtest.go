@@ -49,7 +49,8 @@ func RedisAddr() string {
 // the client.
 func Redis(tb testing.TB, prefix string) *redis.Client {
 	tb.Helper()
-	rdb := redis.NewClient(&redis.Options{Addr: RedisAddr()})
+	// A generous read timeout: tests read whole streams on loaded machines.
+	rdb := redis.NewClient(&redis.Options{Addr: RedisAddr(), ReadTimeout: 30 * time.Second})
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	if err := rdb.Ping(ctx).Err(); err != nil {
