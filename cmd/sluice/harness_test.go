@@ -378,27 +378,18 @@ func (d *daemon) WaitStream(n int64, timeout time.Duration) {
 	}
 }
 
-// Events reads the whole dispatch stream, in pages.
+// Events reads the whole dispatch stream.
 func (d *daemon) Events() []dispatch.Event {
 	d.t.Helper()
-	var out []dispatch.Event
-	for start := "-"; ; {
-		entries, err := d.RDB.XRangeN(context.Background(), d.StreamKey(), start, "+", 2000).Result()
-		if err != nil {
-			d.t.Fatalf("read dispatch stream: %v", err)
-		}
-		for _, e := range entries {
-			ev, err := dispatch.ParseEntry(e.Values)
-			if err != nil {
-				d.t.Fatalf("entry %s: %v", e.ID, err)
-			}
-			out = append(out, ev)
-		}
-		if len(entries) < 2000 {
-			return out
-		}
-		start = "(" + entries[len(entries)-1].ID
+	q := dispatch.New(d.RDB, dispatch.Options{Prefix: d.Prefix})
+	if q.StreamKey() != d.StreamKey() {
+		d.t.Fatalf("dispatch stream %s, want %s", q.StreamKey(), d.StreamKey())
 	}
+	_, events, err := dispatchtest.ReadStream(context.Background(), d.RDB, q)
+	if err != nil {
+		d.t.Fatalf("read dispatch stream: %v", err)
+	}
+	return events
 }
 
 // RequireExactlyOnce checks that the stream holds exactly the events whose
