@@ -355,11 +355,16 @@ func (d *daemon) WaitStatus(project, id string, timeout time.Duration, what stri
 	}
 }
 
+// queue is a handle on this daemon's dispatch queue, for its key names.
+func (d *daemon) queue() *dispatch.Queue {
+	return dispatch.New(d.RDB, dispatch.Options{Prefix: d.Prefix})
+}
+
 // StreamKey is the dispatch stream of this daemon.
-func (d *daemon) StreamKey() string { return d.Prefix + ":dispatch" }
+func (d *daemon) StreamKey() string { return d.queue().StreamKey() }
 
 // DeadLetterKey is the dead-letter stream of this daemon.
-func (d *daemon) DeadLetterKey() string { return d.Prefix + ":deadletter" }
+func (d *daemon) DeadLetterKey() string { return d.queue().DeadLetterKey() }
 
 // WaitStream waits until the dispatch stream holds at least n entries.
 func (d *daemon) WaitStream(n int64, timeout time.Duration) {
@@ -381,11 +386,7 @@ func (d *daemon) WaitStream(n int64, timeout time.Duration) {
 // Events reads the whole dispatch stream.
 func (d *daemon) Events() []dispatch.Event {
 	d.t.Helper()
-	q := dispatch.New(d.RDB, dispatch.Options{Prefix: d.Prefix})
-	if q.StreamKey() != d.StreamKey() {
-		d.t.Fatalf("dispatch stream %s, want %s", q.StreamKey(), d.StreamKey())
-	}
-	_, events, err := dispatchtest.ReadStream(context.Background(), d.RDB, q)
+	_, events, err := dispatchtest.ReadStream(context.Background(), d.RDB, d.queue())
 	if err != nil {
 		d.t.Fatalf("read dispatch stream: %v", err)
 	}
