@@ -146,6 +146,64 @@ func (e *kafkaE2E) waitCommitted(group, topic string, timeout time.Duration) {
 	}
 }
 
+// waitGroupStable waits until group is stable with n members. A test that
+// kills sluice waits for this first: kfake never expires a member whose
+// JoinGroup was in flight when its connection died (a real broker does, after
+// the session timeout), so a kill in the middle of a rebalance would leave
+// that member holding its partitions forever.
+func (e *kafkaE2E) waitGroupStable(group string, n int, timeout time.Duration) {
+	e.t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		state, members := e.describeGroup(group)
+		if state == "Stable" && members == n {
+			return
+		}
+		if time.Now().After(deadline) {
+			e.t.Fatalf("group %s is %s with %d members after %s, want Stable with %d", group, state, members, timeout, n)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// describeGroup returns the group's state and member count.
+func (e *kafkaE2E) describeGroup(group string) (state string, members int) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	described, err := e.admin.DescribeGroups(ctx, group)
+	if err != nil {
+		return err.Error(), 0
+	}
+	g, ok := described[group]
+	if !ok || g.Err != nil {
+		return fmt.Sprintf("not described (%v)", g.Err), 0
+	}
+	return g.State, len(g.Members)
+}
+
+// logGroup logs the group's members and their partitions when the test fails.
+func (e *kafkaE2E) logGroup(group string) {
+	e.t.Cleanup(func() {
+		if !e.t.Failed() {
+			return
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		described, err := e.admin.DescribeGroups(ctx, group)
+		if err != nil {
+			e.t.Logf("describe group %s: %v", group, err)
+			return
+		}
+		for _, g := range described {
+			e.t.Logf("group %s: %s, %d members", g.Group, g.State, len(g.Members))
+			for _, m := range g.Members {
+				assigned, _ := m.Assigned.AsConsumer()
+				e.t.Logf("  member %s: %+v", m.MemberID, assigned)
+			}
+		}
+	})
+}
+
 func (e *kafkaE2E) lag(group, topic string) (int64, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
@@ -372,7 +430,9 @@ func TestE2EKafkaKillAndRestart(t *testing.T) {
 	e.topic("events", 4)
 	d := startDaemon(t, fmt.Sprintf("SLUICE_HIGH_WATER=%d", n/10))
 	src := d.CreateSource("p1", kafkaSourceBody("events", 2, e.addrs, "events", "g-events", nil))
+	e.logGroup("g-events")
 	kafkaWaitRunning(d, "p1", src.UID, 2)
+	e.waitGroupStable("g-events", 2, time.Minute)
 	e.produce("events", 0, n)
 	d.WaitStream(n/10, time.Minute)
 	d.Kill()
