@@ -35,10 +35,13 @@ import (
 //	sluice10_msgs/s  the same with Batch.Size 10: each receive handed over
 //	                 on its own
 //
-// Each rate is the messages over the median of the iterations' durations: on a shared
-// machine a stray stall (another process's burst, or a receive response
-// lost to a connection race and redelivered after its visibility timeout)
-// would otherwise swamp a sum. A first raw drain warms the emulator up.
+// Each rate is the messages over the median of the iterations' durations: on
+// a shared machine a stray stall (another process's burst) would otherwise
+// swamp a sum. A first raw drain warms the emulator up. The raw loops use
+// the same HTTP client as the Consumer (sqs.NewHTTPClient): on a plain one
+// a receive now and then loses its response and its ten messages stay
+// invisible for the visibility timeout, which would measure that stall, not
+// the SDK.
 //
 // Run it alone: go test -run '^$' -bench BenchmarkConsume -benchtime 5x ./broker/sqs
 func BenchmarkConsume(b *testing.B) {

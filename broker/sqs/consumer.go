@@ -117,14 +117,15 @@ func New(cfg Config, logger *slog.Logger) (*Consumer, error) {
 		return nil, errors.New("sqs: no region: set default_region (or AWS_REGION for the default chain)")
 	}
 	// The SDK's transport (with AWS_CA_BUNDLE and the like applied) in a
-	// client of our own, so that Run can close its idle connections.
+	// client of our own (see NewHTTPClient), so that Run can close its idle
+	// connections.
 	var transport *http.Transport
 	if bc, ok := awsCfg.HTTPClient.(*awshttp.BuildableClient); ok {
 		transport = bc.GetTransport()
 		// Up to acksInFlight batches of deletes, ten calls each, a receive
 		// and visibility changes share the pool: keep them all alive.
 		transport.MaxIdleConnsPerHost = max(transport.MaxIdleConnsPerHost, 64)
-		awsCfg.HTTPClient = &http.Client{Transport: transport}
+		awsCfg.HTTPClient = NewHTTPClient(transport)
 	}
 	client := sqs.NewFromConfig(awsCfg, func(o *sqs.Options) {
 		if cfg.Endpoint != "" {

@@ -343,8 +343,6 @@ func TestE2ESQSTermDrains(t *testing.T) {
 	const n = 16000
 	// Held messages stay invisible for 20s unless released: far longer
 	// than the stop takes, so the checks right after it see only releases.
-	// (A receive whose response a connection race lost, and that the SDK
-	// retried, comes back after those 20s too.)
 	e := newSQSE2E(t, true, map[string]string{"VisibilityTimeout": "20"})
 	d := startDaemon(t)
 	e.publish(0, n, 0)

@@ -20,6 +20,8 @@ import (
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/credentials"
 	"github.com/aws/aws-sdk-go-v2/service/sqs"
+
+	sluicesqs "github.com/sluice-io/sluice/broker/sqs"
 )
 
 // Credentials and region the emulator accepts (it checks none).
@@ -117,7 +119,7 @@ func Start() (*Emulator, error) {
 			Region:       Region,
 			BaseEndpoint: aws.String(addr),
 			Credentials:  credentials.NewStaticCredentialsProvider(AccessKeyID, SecretKey, ""),
-			HTTPClient:   &http.Client{Transport: e.transport},
+			HTTPClient:   sluicesqs.NewHTTPClient(e.transport),
 		})
 		return e, nil
 	case <-time.After(30 * time.Second):
