@@ -155,30 +155,26 @@ func (e *kafkaE2E) waitGroupStable(group string, n int, timeout time.Duration) {
 	e.t.Helper()
 	deadline := time.Now().Add(timeout)
 	for {
-		state, members := e.describeGroup(group)
-		if state == "Stable" && members == n {
+		g, err := e.describeGroup(group)
+		if err == nil && g.State == "Stable" && len(g.Members) == n {
 			return
 		}
 		if time.Now().After(deadline) {
-			e.t.Fatalf("group %s is %s with %d members after %s, want Stable with %d", group, state, members, timeout, n)
+			e.t.Fatalf("group %s is %q with %d members after %s (%v), want Stable with %d", group, g.State, len(g.Members), timeout, err, n)
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
 }
 
-// describeGroup returns the group's state and member count.
-func (e *kafkaE2E) describeGroup(group string) (state string, members int) {
+func (e *kafkaE2E) describeGroup(group string) (kadm.DescribedGroup, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	described, err := e.admin.DescribeGroups(ctx, group)
 	if err != nil {
-		return err.Error(), 0
+		return kadm.DescribedGroup{}, err
 	}
-	g, ok := described[group]
-	if !ok || g.Err != nil {
-		return fmt.Sprintf("not described (%v)", g.Err), 0
-	}
-	return g.State, len(g.Members)
+	g := described[group]
+	return g, g.Err
 }
 
 // logGroup logs the group's members and their partitions when the test fails.
@@ -187,19 +183,11 @@ func (e *kafkaE2E) logGroup(group string) {
 		if !e.t.Failed() {
 			return
 		}
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		described, err := e.admin.DescribeGroups(ctx, group)
-		if err != nil {
-			e.t.Logf("describe group %s: %v", group, err)
-			return
-		}
-		for _, g := range described {
-			e.t.Logf("group %s: %s, %d members", g.Group, g.State, len(g.Members))
-			for _, m := range g.Members {
-				assigned, _ := m.Assigned.AsConsumer()
-				e.t.Logf("  member %s: %+v", m.MemberID, assigned)
-			}
+		g, err := e.describeGroup(group)
+		e.t.Logf("group %s: %q, %d members (%v)", group, g.State, len(g.Members), err)
+		for _, m := range g.Members {
+			assigned, _ := m.Assigned.AsConsumer()
+			e.t.Logf("  member %s: %+v", m.MemberID, assigned)
 		}
 	})
 }
