@@ -78,6 +78,13 @@ type Config struct {
 	// LowWater is the length below which they resume. SLUICE_LOW_WATER,
 	// default 900000.
 	LowWater int
+	// KafkaInflight is how many batches a Kafka worker writes at once. 1
+	// keeps every partition's messages in order in the dispatch stream;
+	// 2 overlaps a batch's decoding with the previous batch's write, for
+	// more throughput, and lets a partition's messages reach the stream out
+	// of order (commits stay in order either way). SLUICE_KAFKA_INFLIGHT,
+	// 1..16, default 1.
+	KafkaInflight int
 	// ResyncInterval is the period of the supervisor's full resync of the
 	// source definitions (change notices are the fast path).
 	// SLUICE_RESYNC_INTERVAL, default 30s.
@@ -111,6 +118,7 @@ const (
 	DefaultHighWater       = 1_000_000
 	DefaultLowWater        = 900_000
 	DefaultResyncInterval  = 30 * time.Second
+	DefaultKafkaInflight   = 1
 )
 
 // Load reads the configuration through getenv (os.Getenv in production),
@@ -141,6 +149,7 @@ func Load(getenv func(string) string) (Config, error) {
 		{"SLUICE_MAX_MESSAGE_BYTES", &c.MaxMessageBytes},
 		{"SLUICE_HIGH_WATER", &c.HighWater},
 		{"SLUICE_LOW_WATER", &c.LowWater},
+		{"SLUICE_KAFKA_INFLIGHT", &c.KafkaInflight},
 	} {
 		name, dst := f.name, f.dst
 		if v := getenv(name); v != "" {
@@ -197,6 +206,7 @@ func (c *Config) ApplyDefaults() {
 	c.HighWater = cmp.Or(c.HighWater, DefaultHighWater)
 	c.LowWater = cmp.Or(c.LowWater, min(DefaultLowWater, c.HighWater-c.HighWater/10))
 	c.ResyncInterval = cmp.Or(c.ResyncInterval, DefaultResyncInterval)
+	c.KafkaInflight = cmp.Or(c.KafkaInflight, DefaultKafkaInflight)
 	if c.PublicURL == "" {
 		port := "8080"
 		if _, p, err := net.SplitHostPort(c.Listen); err == nil && p != "" && p != "0" {
@@ -271,6 +281,9 @@ func (c Config) Validate() error {
 	}
 	if c.LowWater < 0 || c.LowWater > c.HighWater {
 		errs = append(errs, fmt.Errorf("SLUICE_LOW_WATER: want 0..SLUICE_HIGH_WATER (%d), got %d", c.HighWater, c.LowWater))
+	}
+	if c.KafkaInflight < 1 || c.KafkaInflight > 16 {
+		errs = append(errs, fmt.Errorf("SLUICE_KAFKA_INFLIGHT: want 1..16, got %d", c.KafkaInflight))
 	}
 	if c.ResyncInterval < time.Second {
 		errs = append(errs, fmt.Errorf("SLUICE_RESYNC_INTERVAL: want at least 1s, got %s", c.ResyncInterval))

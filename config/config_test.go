@@ -21,6 +21,7 @@ func TestLoadDefaults(t *testing.T) {
 		LogLevel: "info", LogFormat: "json",
 		BatchSize: 100, BatchWait: 50 * time.Millisecond, MaxMessageBytes: 1 << 20,
 		DedupeWindow: 24 * time.Hour, HighWater: 1_000_000, LowWater: 900_000, ResyncInterval: 30 * time.Second,
+		KafkaInflight: 1,
 	}
 	if d := cmp.Diff(want, c); d != "" {
 		t.Fatalf("(-want +got)\n%s", d)
@@ -47,6 +48,7 @@ func TestLoadEverything(t *testing.T) {
 		"SLUICE_HIGH_WATER":        "5000",
 		"SLUICE_LOW_WATER":         "1000",
 		"SLUICE_RESYNC_INTERVAL":   "10s",
+		"SLUICE_KAFKA_INFLIGHT":    "2",
 	}))
 	require.NoError(t, err)
 	want := config.Config{
@@ -56,6 +58,7 @@ func TestLoadEverything(t *testing.T) {
 		LogLevel: "debug", LogFormat: "text", MetricsListen: "127.0.0.1:9100",
 		BatchSize: 500, BatchWait: 10 * time.Millisecond, MaxMessageBytes: 65536,
 		DedupeWindow: time.Hour, HighWater: 5000, LowWater: 1000, ResyncInterval: 10 * time.Second,
+		KafkaInflight: 2,
 	}
 	if d := cmp.Diff(want, c); d != "" {
 		t.Fatalf("(-want +got)\n%s", d)
@@ -93,6 +96,8 @@ func TestLoadErrorsNameTheVariable(t *testing.T) {
 		{"SLUICE_HIGH_WATER", "-1"},
 		{"SLUICE_LOW_WATER", "2000000"},
 		{"SLUICE_RESYNC_INTERVAL", "soon"},
+		{"SLUICE_KAFKA_INFLIGHT", "-1"},
+		{"SLUICE_KAFKA_INFLIGHT", "17"},
 		{"SLUICE_REDIS_MODE", "replica"},
 	} {
 		t.Run(c.name+"="+c.val, func(t *testing.T) {

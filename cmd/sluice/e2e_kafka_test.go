@@ -277,6 +277,7 @@ func TestE2EKafka(t *testing.T) {
 
 	events := d.RequireExactlyOnce(n)
 	ids := make(map[string]bool, n)
+	lastOffset := map[int]int{} // by partition: the default keeps each partition in order
 	for _, ev := range events {
 		seq := eventSeq(t, ev)
 		var topic string
@@ -288,6 +289,10 @@ func TestE2EKafka(t *testing.T) {
 			t.Fatalf("broker_message_id %s twice", ev.BrokerMessageID)
 		}
 		ids[ev.BrokerMessageID] = true
+		if last, ok := lastOffset[part]; ok && off <= last {
+			t.Fatalf("partition %d: offset %d reached the stream after offset %d", part, off, last)
+		}
+		lastOffset[part] = off
 		requireEnvelope(t, ev, src.UID, "kafka", ev.BrokerMessageID, map[string]string{
 			"x-kafka-key": fmt.Sprintf("key-%d", seq),
 			"x-tenant":    fmt.Sprintf("t-%d", seq%7),
@@ -377,7 +382,8 @@ func TestE2EKafkaSASL(t *testing.T) {
 	}, kgo.SASL(plain.Auth{User: "admin", Pass: "admin-secret"}.AsMechanism()))
 	e.topic("plain", 2)
 	e.topic("scram", 2)
-	d := startDaemon(t)
+	// Two batches in flight per worker: serve passes the setting on.
+	d := startDaemon(t, "SLUICE_KAFKA_INFLIGHT=2")
 	plainSrc := d.CreateSource("p1", kafkaSourceBody("plain", 1, e.addrs, "plain", "g-plain",
 		map[string]any{"type": "plain", "username": "plain-user", "password": "plain-secret"}))
 	scramSrc := d.CreateSource("p1", kafkaSourceBody("scram", 1, e.addrs, "scram", "g-scram",

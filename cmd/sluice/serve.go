@@ -19,7 +19,6 @@ import (
 	"github.com/go-chi/chi/v5"
 	"github.com/oklog/run"
 
-	"github.com/sluice-io/sluice/broker"
 	"github.com/sluice-io/sluice/broker/supervisor"
 	"github.com/sluice-io/sluice/config"
 	"github.com/sluice-io/sluice/dispatch"
@@ -120,7 +119,7 @@ func serve(ctx context.Context, e serveEnv) error {
 	})
 	m.watchQueue(queue)
 	sup := supervisor.New(store, queue,
-		consumerFactory(broker.Batch{Size: cfg.BatchSize, Wait: cfg.BatchWait}, log),
+		consumerFactory(cfg, log),
 		supervisor.Config{
 			Resync: cfg.ResyncInterval,
 			Grace:  cfg.ShutdownGrace,
