@@ -16,6 +16,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -92,7 +93,10 @@ func startDaemon(t testing.TB, extra ...string) *daemon {
 		RDB:  redis.NewClient(&redis.Options{Addr: "127.0.0.1:6379", ReadTimeout: 30 * time.Second}),
 		logs: &lockedBuffer{},
 	}
-	d.env = append(os.Environ(),
+	// The test's own settings only: a SLUICE_* variable of the developer's
+	// shell must not change what a test runs.
+	d.env = slices.DeleteFunc(os.Environ(), func(kv string) bool { return strings.HasPrefix(kv, "SLUICE_") })
+	d.env = append(d.env,
 		fmt.Sprintf("SLUICE_LISTEN=127.0.0.1:%d", port),
 		"SLUICE_REDIS_URL=redis://127.0.0.1:6379/0",
 		"SLUICE_PREFIX="+d.Prefix,
