@@ -211,9 +211,8 @@ func serve(ctx context.Context, e serveEnv) error {
 				return fmt.Errorf("admin api: %w", err)
 			case <-stopping:
 			}
-			// Keep answering (readyz says 503) until the workers have drained,
-			// then stop the listener.
-			draining.Store(true)
+			// Keep answering (readyz says 503: the interrupt set draining)
+			// until the workers have drained, then stop the listener.
 			select {
 			case <-supDone:
 			case <-time.After(cfg.ShutdownGrace):
@@ -239,10 +238,7 @@ func serve(ctx context.Context, e serveEnv) error {
 	{ // the workers of every pub_sub source; a stop lets them write and ack
 		// what they hold, within the shutdown grace
 		sctx, cancel := context.WithCancel(context.Background())
-		g.Add(func() error { defer close(supDone); return sup.Run(sctx) }, func(error) {
-			draining.Store(true)
-			cancel()
-		})
+		g.Add(func() error { defer close(supDone); return sup.Run(sctx) }, func(error) { cancel() })
 	}
 	if cfg.MetricsListen != "" { // /metrics on a listener of its own
 		mln, err := net.Listen("tcp", cfg.MetricsListen)
