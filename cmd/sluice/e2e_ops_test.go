@@ -96,9 +96,19 @@ func TestE2EMetricsAddUp(t *testing.T) {
 		t.Fatalf("dead-letter stream holds %d (err %v), want %d", dead, err, malformed)
 	}
 
-	m := scrape(t, d, map[string]string{"source_id": src.UID, "project_id": "p1", "broker": "amqp"})
+	// The queue has nothing ready, but deliveries prefetched by the workers
+	// may still be in hand: wait until every message was settled (the
+	// counters move together when a batch is) and none is in flight, then
+	// check every counter.
+	labels := map[string]string{"source_id": src.UID, "project_id": "p1", "broker": "amqp"}
+	received := float64(n + again + malformed)
+	m := scrape(t, d, labels)
+	for deadline := time.Now().Add(30 * time.Second); (m["sluice_messages_received_total"] < received || m["sluice_messages_in_flight"] > 0) && time.Now().Before(deadline); {
+		time.Sleep(50 * time.Millisecond)
+		m = scrape(t, d, labels)
+	}
 	want := map[string]float64{
-		"sluice_messages_received_total":      n + again + float64(malformed),
+		"sluice_messages_received_total":      received,
 		"sluice_messages_dispatched_total":    n,
 		"sluice_messages_duplicate_total":     again,
 		"sluice_messages_dead_lettered_total": float64(malformed),
